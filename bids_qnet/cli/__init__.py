@@ -1,0 +1,1 @@
+"""Command line of the bids_qnet BIDS App."""

@@ -1,0 +1,1 @@
+"""Participant reports: figures and an HTML page built from derivatives already written."""

@@ -1,0 +1,295 @@
+"""The participant HTML report: a self-contained page over derivatives already written.
+
+The page lists the run summary (a dict the workflow fills from the JSON sidecars), the figures in
+``sub-<label>/figures/`` (referenced by relative path) and an "About" section. Any summary key
+renders, nested dicts as nested tables and lists of records as tables, so new keys need no code.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import uuid
+from datetime import datetime, timezone
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from bids_qnet import __version__
+
+logger = logging.getLogger(__name__)
+
+# Summary keys shown in "About" rather than in the summary (also read from a nested "about" dict).
+ABOUT_KEYS = ("command_line", "settings_path", "run_id", "started", "finished")
+# Summary keys naming the version that wrote the derivatives (the first present wins).
+VERSION_KEYS = ("bids_qnet_version", "version")
+
+# Figure captions by the figure file's ``desc-`` entity (a prefix match: "registration" and "reg").
+FIGURE_CAPTIONS = {
+    "reg": (
+        "Registration to the template",
+        "Each channel resampled onto the template grid (grey, windowed to its 1st-99th percentile "
+        "inside the brain; the window is printed beside the row), under the template's brain "
+        "outline (red) and white-matter boundary (cyan). The dashed yellow rectangle is the "
+        "basal-ganglia crop box. The outlines should follow the edges of the brain, the ventricles "
+        "and the white matter in every channel; the box should enclose caudate, putamen and pallidum.",
+    ),
+    "slice": (
+        "Slice stack",
+        "The axial slices written for the network, one row per channel (windowed to [0, 1]) "
+        "and, with three channels, the RGB composite the ResNet18 receives. Slice indices count "
+        "from the most inferior slice; anterior is at the top of each panel.",
+    ),
+    "montage": ("Slice stack", "The axial slices written for the network, one row per channel."),
+}
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;color:#222;
+background:#fafafa;line-height:1.45}
+header{background:#1f3b57;color:#fff;padding:1.2em 2em}
+header h1{margin:0 0 .2em;font-size:1.6em}header p{margin:0;opacity:.85}
+nav{position:sticky;top:0;background:#2c5478;padding:.4em 2em;z-index:1}
+nav a{color:#fff;margin-right:1.5em;text-decoration:none;font-weight:600}
+main{max-width:1280px;margin:0 auto;padding:1em 2em 3em}
+h2{border-bottom:2px solid #2c5478;padding-bottom:.2em;margin-top:1.6em}
+h3{margin:1.2em 0 .4em;color:#2c5478}
+table{border-collapse:collapse;margin:.3em 0;background:#fff}
+th,td{border:1px solid #d5dbe1;padding:.25em .6em;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
+th{background:#eef2f6;font-weight:600}
+table.kv>tbody>tr>th{width:16em}
+td table{margin:0;width:100%}
+ul{margin:.2em 0;padding-left:1.3em}
+.warnings{background:#fff4e0;border-left:6px solid #e68a00;padding:.6em 1.2em;margin:1em 0}
+.none{color:#888}
+figure{margin:1.2em 0;background:#fff;border:1px solid #d5dbe1;padding:.8em}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{margin-top:.5em;font-size:.93em}figcaption code{color:#555}
+.missing{background:#fdecea;border-left:6px solid #c0392b}
+pre{background:#f0f0f0;padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere}
+footer{color:#888;font-size:.85em;text-align:center;padding:1em}
+"""
+
+
+def write_participant_report(
+    output_dir: Path,
+    subject: str,
+    session: str | None,
+    summary: dict,
+    figures: list[Path],
+    out_path: Path,
+) -> Path:
+    """Write the participant's HTML report.
+
+    Parameters
+    ----------
+    output_dir : Path
+        The derivative dataset root; relative ``figures`` are taken relative to it.
+    subject : str
+        Participant label, with or without ``sub-``.
+    session : str or None
+        Session label, with or without ``ses-``; None when the dataset has no sessions.
+    summary : dict
+        What the run did, filled by the workflow from the JSON sidecars. Top-level scalars form
+        an overview table; dicts and lists get a section each. ``warnings`` (str or list) are
+        shown at the top; ``command_line``, ``settings_path``, ``run_id`` (or a nested ``about``
+        dict) go to the "About" section; ``bids_qnet_version`` names the version that wrote
+        the derivatives (this package's version otherwise).
+    figures : list of Path
+        Figure files (absolute or relative to ``output_dir``); shown in this order, captioned by
+        their ``desc-`` entity (see ``FIGURE_CAPTIONS``). A missing file is flagged in the page.
+    out_path : Path
+        The HTML file, normally ``<output_dir>/sub-<label>.html``.
+
+    Returns
+    -------
+    Path
+        ``out_path``, written atomically (temporary file in the same folder, then renamed).
+    """
+    output_dir, out_path = Path(output_dir), Path(out_path)
+    subject = _strip(subject, "sub-")
+    session = _strip(session, "ses-") if session else None
+    summary = dict(summary)
+    warnings = summary.pop("warnings", None)
+    about = dict(summary.pop("about", None) or {})
+    about.update({k: summary.pop(k) for k in ABOUT_KEYS if k in summary})
+    version = next((str(summary.pop(k)) for k in VERSION_KEYS if k in summary), __version__)
+
+    label = f"sub-{subject}" + (f", ses-{session}" if session else "")
+    warning_list = [warnings] if isinstance(warnings, str) else list(warnings or [])
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>bids_qnet: {_e(label)}</title><style>{_CSS}</style></head><body>",
+        f"<header><h1>bids_qnet report: {_e(label)}</h1>",
+        f"<p>bids_qnet version {_e(version)}</p></header>",
+        '<nav><a href="#summary">Summary</a><a href="#figures">Figures</a>'
+        + ('<a href="#warnings">Warnings</a>' if warning_list else "")
+        + '<a href="#about">About</a></nav><main>',
+    ]
+    if warning_list:
+        items = "".join(f"<li>{_render(w)}</li>" for w in warning_list)
+        parts.append(f'<section id="warnings" class="warnings"><h2>Warnings</h2><ul>{items}</ul>')
+        parts.append("</section>")
+    parts.append(_summary_section(subject, session, summary))
+    parts.append(_figures_section(output_dir, figures, out_path))
+    parts.append(_about_section(about, output_dir, version))
+    parts.append("</main><footer>Generated by bids_qnet</footer></body></html>\n")
+    _atomic_write_text(out_path, "\n".join(parts))
+    logger.info("wrote report %s", out_path)
+    return out_path
+
+
+def _summary_section(subject: str, session: str | None, summary: dict) -> str:
+    """Overview table of scalars, then one subsection per dict/list entry."""
+    overview = {"subject": f"sub-{subject}"}
+    if session:
+        overview["session"] = f"ses-{session}"
+    overview.update({k: v for k, v in summary.items() if not isinstance(v, dict | list | tuple)})
+    parts = ['<section id="summary"><h2>Summary</h2>', _render(overview)]
+    for key, value in summary.items():
+        if isinstance(value, dict | list | tuple):
+            parts.append(f'<h3 id="{_anchor(key)}">{_e(_humanise(key))}</h3>{_render(value)}')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _figures_section(output_dir: Path, figures: list[Path], out_path: Path) -> str:
+    """One captioned figure per file, linked by its path relative to the report."""
+    parts = ['<section id="figures"><h2>Figures</h2>']
+    if not figures:
+        parts.append('<p class="none">No figures were written.</p>')
+    for figure in figures:
+        path = Path(figure) if Path(figure).is_absolute() else output_dir / figure
+        relative = Path(os.path.relpath(path, out_path.parent)).as_posix()
+        heading, caption = _caption(path.name)
+        if not path.is_file():
+            logger.warning("report figure %s is missing", path)
+            parts.append(
+                f'<figure class="missing"><h3>{_e(heading)}</h3>'
+                f"<figcaption>Figure missing: <code>{_e(relative)}</code></figcaption></figure>"
+            )
+            continue
+        parts.append(
+            f'<figure><h3>{_e(heading)}</h3><a href="{_e(quote(relative))}">'
+            f'<img src="{_e(quote(relative))}" alt="{_e(heading)}" loading="lazy"></a>'
+            f"<figcaption>{_e(caption)} <code>{_e(relative)}</code></figcaption></figure>"
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _about_section(about: dict, output_dir: Path, version: str) -> str:
+    """Command line, settings, run id and where and when the report was made."""
+    rows = {"bids_qnet version": version, "output directory": str(output_dir)}
+    command = about.pop("command_line", None)
+    rows.update(about)
+    rows["report generated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    parts = ['<section id="about"><h2>About</h2>']
+    if command is not None:
+        text = " ".join(map(str, command)) if isinstance(command, list | tuple) else str(command)
+        parts.append(f"<h3>Command line</h3><pre>{_e(text)}</pre>")
+    parts.append(_render(rows))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _render(value: Any) -> str:
+    """HTML for any JSON-like value; every string that reaches the page is escaped."""
+    if isinstance(value, dict):
+        if not value:
+            return '<span class="none">none</span>'
+        rows = "".join(
+            f"<tr><th>{_e(_humanise(str(k)))}</th><td>{_render(v)}</td></tr>"
+            for k, v in value.items()
+        )
+        return f'<table class="kv"><tbody>{rows}</tbody></table>'
+    if isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+        if not items:
+            return '<span class="none">none</span>'
+        if all(isinstance(i, dict) for i in items):
+            return _records_table(items)
+        if all(_is_scalar(i) for i in items) and len(items) <= 12:
+            return _e(", ".join(_format_scalar(i) for i in items))
+        return "<ul>" + "".join(f"<li>{_render(i)}</li>" for i in items) + "</ul>"
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _render(value.tolist())
+    return _e(_format_scalar(value))
+
+
+def _records_table(records: list[dict]) -> str:
+    """A list of dicts as one table, columns the union of their keys in first-seen order."""
+    columns = list(dict.fromkeys(k for record in records for k in record))
+    head = "".join(f"<th>{_e(_humanise(str(c)))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_render(r.get(c))}</td>" for c in columns) + "</tr>"
+        for r in records
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | bytes | bool | Real | Path)
+
+
+def _format_scalar(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Integral):
+        return str(int(value))
+    if isinstance(value, Real):
+        number = float(value)
+        return f"{number:.4g}" if abs(number) < 1e6 else f"{number:.6g}"
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _caption(name: str) -> tuple[str, str]:
+    """Heading and caption for a figure file, from its ``desc-`` entity."""
+    match = re.search(r"desc-([A-Za-z0-9]+)", name)
+    desc = match.group(1) if match else ""
+    for prefix, (heading, caption) in FIGURE_CAPTIONS.items():
+        if desc.lower().startswith(prefix):
+            return heading, caption
+    return _humanise(desc or name.split(".")[0]), ""
+
+
+def _humanise(key: str) -> str:
+    text = key.replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def _anchor(key: str) -> str:
+    return "s-" + re.sub(r"[^A-Za-z0-9_-]+", "-", str(key))
+
+
+def _strip(label: str, prefix: str) -> str:
+    label = str(label)
+    return label[len(prefix) :] if label.startswith(prefix) else label
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

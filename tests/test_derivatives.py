@@ -1,0 +1,75 @@
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from bids_qnet.derivatives import (
+    atomic_path,
+    build_path,
+    init_derivatives,
+    is_complete,
+    raw_source,
+    sidecar_path,
+    write_sidecar,
+)
+
+
+def test_build_path_orders_entities():
+    path = build_path(
+        {"desc": "bgcrop", "res": "1", "space": "MNI152NLin2009cAsym", "ses": "a", "sub": "01"},
+        "Chimap", ".nii.gz",
+    )  # fmt: skip
+    assert path == Path(
+        "sub-01/ses-a/anat/sub-01_ses-a_space-MNI152NLin2009cAsym_res-1_desc-bgcrop_Chimap.nii.gz"
+    )
+
+
+def test_build_path_transform_and_unknown_entity():
+    xfm = build_path({"sub": "01", "from": "T1w", "to": "MNI", "mode": "image"}, "xfm", ".h5")
+    assert xfm.name == "sub-01_from-T1w_to-MNI_mode-image_xfm.h5"
+    with pytest.raises(ValueError, match="unknown BIDS entities"):
+        build_path({"sub": "01", "colour": "red"}, "T1w", ".nii.gz")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "a" / "x.npy"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_complete_only_with_sidecar(tmp_path):
+    data = tmp_path / "sub-01_x_slices.npy"
+    data.write_bytes(b"123")
+    assert not is_complete(data)
+    sidecar_path(data).write_text("{not json")
+    assert not is_complete(data)
+    write_sidecar(data, {"Sources": []})
+    assert is_complete(data)
+    assert json.loads(sidecar_path(data).read_text())["Complete"] is True
+
+
+def test_raw_source_is_a_bids_uri(tmp_path):
+    file = tmp_path / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    assert raw_source(tmp_path, file) == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+
+
+def _init(args):
+    init_derivatives(Path(args[0]), Path(args[1]))
+    return True
+
+
+def test_concurrent_init_leaves_one_valid_description(tmp_path):
+    out, bids = tmp_path / "out", tmp_path / "bids"
+    bids.mkdir()
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert all(pool.map(_init, [(str(out), str(bids))] * 8))
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "bids_qnet"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".tmp")] == []
+    assert "*_embeddings.npy" in (out / ".bidsignore").read_text()
