@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -105,8 +106,19 @@ def write_atomic(path: Path, writer: Callable[[Path], Any]) -> Path:
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    text = json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n"
     return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def _finite(value: Any) -> Any:
+    """Replace NaN/Inf (invalid JSON) by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def write_sidecar(data_path: Path, metadata: dict[str, Any]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,8 +97,18 @@ def region_indices(reference: Reference, regions: list[str]) -> dict[str, int]:
 def template_on_grid(reference: Reference, resolution: float):
     """Return the template as an ANTs image at ``resolution`` mm (resampled when not native)."""
     import ants
+    import nibabel as nib
 
-    image = ants.image_read(str(reference.template_path), pixeltype="float")
+    path = reference.template_path
+    loaded = nib.load(str(path))
+    if nib.aff2axcodes(loaded.affine) != ("R", "A", "S"):
+        # The crop and the slice orientation assume RAS voxel order: reorient a user template.
+        canonical = nib.as_closest_canonical(loaded)
+        with tempfile.TemporaryDirectory() as tmp:
+            nib.save(canonical, f"{tmp}/template_ras.nii.gz")
+            image = ants.image_read(f"{tmp}/template_ras.nii.gz", pixeltype="float")
+    else:
+        image = ants.image_read(str(path), pixeltype="float")
     if not np.allclose(image.spacing, resolution, atol=1e-3):
         image = ants.resample_image(image, (resolution,) * 3, use_voxels=False, interp_type=4)
         image = ants.threshold_image(image, 0, None, 1, 0) * image  # no negative ringing

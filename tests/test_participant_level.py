@@ -152,3 +152,24 @@ def test_settings_saved_with_outputs(run):
     settings = json.loads(saved[0].read_text())
     assert settings["registration_profile"] == "fast" and settings["random_seed"] == 7
     assert os.path.isabs(settings["bids_dir"])
+
+
+def test_overwrite_reuses_the_work_cache_and_is_deterministic(run):
+    anat = run["out"] / "sub-01" / "anat"
+    stack = anat / f"sub-01_{STEM}_desc-bgcrop_slices.npy"
+    vectors = anat / f"sub-01_{STEM}_desc-bgcrop_embeddings.npy"
+    before = stack.read_bytes(), vectors.read_bytes()
+    stack.unlink()  # a lost output: --overwrite rewrites it from the nipype cache
+    code = main([str(run["bids"]), str(run["out"]), "participant", "-w", str(run["work"]),
+                 "--participant-label", "01", "--overwrite", *OPTIONS])  # fmt: skip
+    assert code == 0
+    assert (stack.read_bytes(), vectors.read_bytes()) == before
+
+
+def test_fresh_run_same_seed_gives_identical_stack(run, tmp_path):
+    code = main([str(run["bids"]), str(tmp_path / "out"), "participant", "-w",
+                 str(tmp_path / "work"), "--participant-label", "01", "--skip-bids-validation",
+                 *OPTIONS])  # fmt: skip
+    assert code == 0
+    name = f"sub-01/anat/sub-01_{STEM}_desc-bgcrop_slices.npy"
+    assert (tmp_path / "out" / name).read_bytes() == (run["out"] / name).read_bytes()

@@ -1,7 +1,7 @@
 """Report figures drawn from arrays: registration quality and the slice stack.
 
 Pure plotting: no BIDS knowledge, no reading of derivatives. Figures are drawn on a
-:class:`matplotlib.figure.Figure` with the Agg canvas, so the global pyplot backend is never touched.
+:class:`matplotlib.figure.Figure` with the Agg canvas; the global pyplot backend is never touched.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ EDGE_COLOUR = "#ff2d55"  # template brain outline
 TISSUE_COLOUR = "#00e5ff"  # template white-matter outline
 BOX_COLOUR = "#ffd60a"  # crop box
 _LABEL_STYLE = {"color": "white", "fontsize": 7, "fontweight": "bold"}
+# Plane -> (axis cut across, horizontal axis, vertical axis) in RAS voxel order.
+_AXES = {"axial": (2, 0, 1), "coronal": (1, 0, 2), "sagittal": (0, 1, 2)}
 
 
 def registration_qc(
@@ -91,40 +93,29 @@ def registration_qc(
     zooms = tuple(float(z) for z in zooms)
 
     mask = _brain_mask(template)
-    smooth = ndimage.gaussian_filter(np.nan_to_num(template), sigma=[1.0 / z for z in zooms])
-    smooth_mask = ndimage.gaussian_filter(mask.astype(np.float32), sigma=[1.0 / z for z in zooms])
-    wm_level = _otsu(smooth[mask]) if mask.any() else None
+    sigma = [1.0 / z for z in zooms]  # 1 mm
+    smooth = ndimage.gaussian_filter(np.nan_to_num(template), sigma)
+    outlines = [(ndimage.gaussian_filter(mask.astype(np.float32), sigma), 0.5, EDGE_COLOUR, 0.8)]
+    if mask.any():
+        outlines.append((smooth, _otsu(smooth[mask]), TISSUE_COLOUR, 0.5))
     views = _views(lower, upper)
 
     nrows, ncols = len(registered), len(views)
-    fig = Figure(figsize=(0.9 + ncols * PANEL_IN, 0.9 + nrows * PANEL_IN), dpi=DPI)
+    header = 0.75 if title else 0.45  # inches above the panels: column titles, figure title
+    fig = Figure(figsize=(0.9 + ncols * PANEL_IN, header + 0.45 + nrows * PANEL_IN), dpi=DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for row, (name, image) in enumerate(registered.items()):
         image = np.asarray(image, dtype=np.float32)
         vmin, vmax = robust_window(image, mask)
-        axes[row, 0].text(
-            -0.06, 0.5, f"{name}\n[{vmin:.3g}, {vmax:.3g}]", transform=axes[row, 0].transAxes,
-            rotation=90, ha="right", va="center", fontsize=9,
-        )  # fmt: skip
+        label = f"{name}\n[{vmin:.3g}, {vmax:.3g}]"
+        axes[row, 0].text(-0.06, 0.5, label, transform=axes[row, 0].transAxes, rotation=90,
+                          ha="right", va="center", fontsize=9)  # fmt: skip
         for col, (plane, index) in enumerate(views):
-            ax = axes[row, col]
-            extent, cut = _cut(plane, index, template.shape, zooms)
-            ax.imshow(cut(np.nan_to_num(image)), cmap="gray", vmin=vmin, vmax=vmax,
-                      origin="lower", extent=extent, interpolation="nearest")  # fmt: skip
-            xs, ys = _centres(plane, template.shape, zooms)
-            ax.contour(xs, ys, cut(smooth_mask), levels=[0.5], colors=EDGE_COLOUR, linewidths=0.8)
-            if wm_level is not None:
-                ax.contour(xs, ys, cut(smooth), levels=[wm_level], colors=TISSUE_COLOUR,
-                           linewidths=0.5, alpha=0.8)  # fmt: skip
-            _draw_box(ax, plane, index, lower, upper, zooms)
-            _orientation_labels(ax, plane)
-            ax.set_xlim(extent[:2])
-            ax.set_ylim(extent[2:])
-            ax.set_axis_off()
+            _panel(axes[row, col], plane, index, image, (vmin, vmax), outlines, lower, upper, zooms)
             if row == 0:
-                axis_name = {"axial": "z", "coronal": "y", "sagittal": "x"}[plane]
-                ax.set_title(f"{plane.capitalize()} {axis_name}={index}", fontsize=9)
+                axis_name = "xyz"[_AXES[plane][0]]
+                axes[row, col].set_title(f"{plane.capitalize()} {axis_name}={index}", fontsize=9)
     handles = [
         Line2D([], [], color=EDGE_COLOUR, label="template brain outline"),
         Line2D([], [], color=TISSUE_COLOUR, label="template white-matter outline"),
@@ -132,9 +123,10 @@ def registration_qc(
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.9 / fig.get_figwidth(), right=0.995, wspace=0.03, hspace=0.06,
-                        bottom=0.45 / fig.get_figheight(), top=1 - 0.45 / fig.get_figheight())  # fmt: skip
+        fig.suptitle(title, fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
+    fig_w, fig_h = fig.get_size_inches()
+    fig.subplots_adjust(left=0.9 / fig_w, right=0.995, bottom=0.45 / fig_h, top=1 - header / fig_h,
+                        wspace=0.03, hspace=0.06)  # fmt: skip
     return _save(fig, Path(out_path))
 
 
@@ -178,7 +170,9 @@ def slice_montage(
     indices = np.unique(np.round(np.linspace(0, n_slices - 1, count)).astype(int))
     rows = [(name, c) for c, name in enumerate(channels)]
     if n_channels == 3:
-        rows.append(("RGB\n" + "\n".join(f"{k}={n}" for k, n in zip("RGB", channels)), None))
+        rows.append(
+            ("RGB\n" + "\n".join(f"{k}={n}" for k, n in zip("RGB", channels, strict=True)), None)
+        )
 
     panel_w = 1.1
     panel_h = panel_w * height / width
@@ -186,8 +180,9 @@ def slice_montage(
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), len(indices), squeeze=False)
     for r, (label, channel) in enumerate(rows):
-        axes[r, 0].text(-0.06, 0.5, label, transform=axes[r, 0].transAxes, ha="right",
-                        va="center", fontsize=7)  # fmt: skip
+        axes[r, 0].text(
+            -0.06, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7
+        )
         for col, s in enumerate(indices):
             ax = axes[r, col]
             if channel is None:
@@ -199,8 +194,9 @@ def slice_montage(
                 ax.set_title(f"#{s}", fontsize=8)
     caption = f"{n_slices} slices, inferior to superior; anterior at the top of each panel"
     fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=9)
-    fig.subplots_adjust(left=1.2 / fig.get_figwidth(), right=0.995, bottom=0.02, wspace=0.04,
-                        hspace=0.08, top=1 - 0.6 / fig.get_figheight())  # fmt: skip
+    fig_w, fig_h = fig.get_size_inches()
+    fig.subplots_adjust(left=1.2 / fig_w, right=0.995, bottom=0.02, top=1 - 0.6 / fig_h,
+                        wspace=0.04, hspace=0.08)  # fmt: skip
     return _save(fig, Path(out_path))
 
 
@@ -257,39 +253,32 @@ def _views(lower: np.ndarray, upper: np.ndarray) -> list[tuple[str, int]]:
     centre = (lower + upper - 1) // 2
     levels = {int(round(lower[2] + f * (upper[2] - 1 - lower[2]))) for f in (0.25, 0.75)}
     axial = sorted(levels | {int(centre[2])})
-    return [("axial", k) for k in axial] + [("coronal", int(centre[1])), ("sagittal", int(centre[0]))]
+    others = [("coronal", int(centre[1])), ("sagittal", int(centre[0]))]
+    return [("axial", k) for k in axial] + others
 
 
-def _cut(plane: str, index: int, shape: tuple[int, ...], zooms: tuple[float, ...]):
-    """Return the panel extent in mm and a function extracting the displayed 2D slice."""
-    h_axis, v_axis = {"axial": (0, 1), "coronal": (0, 2), "sagittal": (1, 2)}[plane]
+def _panel(ax, plane: str, index: int, image, window, outlines, lower, upper, zooms) -> None:
+    """Draw one slice of ``image`` with the template outlines and, if cut, the crop box."""
+    normal, h_axis, v_axis = _AXES[plane]
+    shape = image.shape
     extent = (0.0, shape[h_axis] * zooms[h_axis], 0.0, shape[v_axis] * zooms[v_axis])
-    slicer = {
-        "axial": lambda a: a[:, :, index].T,
-        "coronal": lambda a: a[:, index, :].T,
-        "sagittal": lambda a: a[index, :, :].T,
-    }[plane]
-    return extent, slicer
-
-
-def _centres(plane: str, shape: tuple[int, ...], zooms: tuple[float, ...]):
-    """Voxel-centre coordinates (mm) of the horizontal and vertical panel axes."""
-    h_axis, v_axis = {"axial": (0, 1), "coronal": (0, 2), "sagittal": (1, 2)}[plane]
-    return ((np.arange(shape[a]) + 0.5) * zooms[a] for a in (h_axis, v_axis))
-
-
-def _draw_box(ax, plane: str, index: int, lower, upper, zooms) -> None:
-    """Outline the crop box when the slice passes through it."""
-    normal, h_axis, v_axis = {"axial": (2, 0, 1), "coronal": (1, 0, 2), "sagittal": (0, 1, 2)}[
-        plane
-    ]
-    if not lower[normal] <= index < upper[normal]:
-        return
-    x0, y0 = lower[h_axis] * zooms[h_axis], lower[v_axis] * zooms[v_axis]
-    width = (upper[h_axis] - lower[h_axis]) * zooms[h_axis]
-    height = (upper[v_axis] - lower[v_axis]) * zooms[v_axis]
-    ax.add_patch(Rectangle((x0, y0), width, height, fill=False, edgecolor=BOX_COLOUR,
-                           linestyle="--", linewidth=1.0))  # fmt: skip
+    cut = np.nan_to_num(np.take(image, index, axis=normal).T)  # rows: vertical axis
+    ax.imshow(cut, cmap="gray", vmin=window[0], vmax=window[1], origin="lower", extent=extent,
+              interpolation="nearest")  # fmt: skip
+    xs, ys = ((np.arange(shape[a]) + 0.5) * zooms[a] for a in (h_axis, v_axis))
+    for volume, level, colour, width in outlines:
+        ax.contour(xs, ys, np.take(volume, index, axis=normal).T, levels=[level], colors=colour,
+                   linewidths=width)  # fmt: skip
+    if lower[normal] <= index < upper[normal]:
+        corner = (lower[h_axis] * zooms[h_axis], lower[v_axis] * zooms[v_axis])
+        width = (upper[h_axis] - lower[h_axis]) * zooms[h_axis]
+        height = (upper[v_axis] - lower[v_axis]) * zooms[v_axis]
+        ax.add_patch(Rectangle(corner, width, height, fill=False, edgecolor=BOX_COLOUR,
+                               linestyle="--", linewidth=1.0))  # fmt: skip
+    _orientation_labels(ax, plane)
+    ax.set_xlim(extent[:2])
+    ax.set_ylim(extent[2:])
+    ax.set_axis_off()
 
 
 def _orientation_labels(ax, plane: str) -> None:

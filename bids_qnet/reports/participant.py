@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -22,20 +22,24 @@ from bids_qnet import __version__
 
 logger = logging.getLogger(__name__)
 
-# Summary keys shown in "About" rather than in the summary (also read from a nested "about" dict).
-ABOUT_KEYS = ("command_line", "settings_path", "run_id", "started", "finished")
-# Summary keys naming the version that wrote the derivatives (the first present wins).
-VERSION_KEYS = ("bids_qnet_version", "version")
+# Summary keys are matched ignoring case, "_", "-" and spaces ("CommandLine" == "command_line").
+# Keys shown in "About" rather than in the summary (also read from a nested "About" dict).
+ABOUT_KEYS = ("commandline", "settingspath", "settingsfile", "runid", "started", "finished")
+# Keys naming the version that wrote the derivatives (the first present wins).
+VERSION_KEYS = ("bidsqnetversion", "version")
+WARNINGS_KEY = "warnings"
 
-# Figure captions by the figure file's ``desc-`` entity (a prefix match: "registration" and "reg").
+# Figure heading and caption by a prefix of the file's ``desc-`` entity or of its suffix
+# (``..._desc-registration_qc.png`` -> "reg", ``..._desc-bgcrop_slices.png`` -> "slice").
 FIGURE_CAPTIONS = {
     "reg": (
         "Registration to the template",
         "Each channel resampled onto the template grid (grey, windowed to its 1st-99th percentile "
         "inside the brain; the window is printed beside the row), under the template's brain "
         "outline (red) and white-matter boundary (cyan). The dashed yellow rectangle is the "
-        "basal-ganglia crop box. The outlines should follow the edges of the brain, the ventricles "
-        "and the white matter in every channel; the box should enclose caudate, putamen and pallidum.",
+        "basal-ganglia crop box. The outlines should follow the edges of the brain, the "
+        "ventricles and the white matter in every channel; the box should enclose caudate, "
+        "putamen and pallidum.",
     ),
     "slice": (
         "Slice stack",
@@ -60,7 +64,9 @@ table{border-collapse:collapse;margin:.3em 0;background:#fff}
 th,td{border:1px solid #d5dbe1;padding:.25em .6em;text-align:left;vertical-align:top;
 overflow-wrap:anywhere}
 th{background:#eef2f6;font-weight:600}
-table.kv>tbody>tr>th{width:16em}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:.2em 1.6em;
+align-items:start}.card{min-width:0}.wide{grid-column:1/-1}.card>table{width:100%}
+table.kv>tbody>tr>th{width:12em}
 td table{margin:0;width:100%}
 ul{margin:.2em 0;padding-left:1.3em}
 .warnings{background:#fff4e0;border-left:6px solid #e68a00;padding:.6em 1.2em;margin:1em 0}
@@ -94,10 +100,11 @@ def write_participant_report(
         Session label, with or without ``ses-``; None when the dataset has no sessions.
     summary : dict
         What the run did, filled by the workflow from the JSON sidecars. Top-level scalars form
-        an overview table; dicts and lists get a section each. ``warnings`` (str or list) are
-        shown at the top; ``command_line``, ``settings_path``, ``run_id`` (or a nested ``about``
-        dict) go to the "About" section; ``bids_qnet_version`` names the version that wrote
-        the derivatives (this package's version otherwise).
+        an overview table; dicts and lists get a section each. Keys are matched ignoring case,
+        ``_``, ``-`` and spaces: ``Warnings`` (str or list) are shown at the top;
+        ``CommandLine``, ``SettingsPath``, ``RunID``, ``Started``, ``Finished`` (or a nested
+        ``About`` dict) go to the "About" section; ``BidsQnetVersion`` or ``Version`` names the
+        version that wrote the derivatives (this package's version otherwise).
     figures : list of Path
         Figure files (absolute or relative to ``output_dir``); shown in this order, captioned by
         their ``desc-`` entity (see ``FIGURE_CAPTIONS``). A missing file is flagged in the page.
@@ -113,13 +120,20 @@ def write_participant_report(
     subject = _strip(subject, "sub-")
     session = _strip(session, "ses-") if session else None
     summary = dict(summary)
-    warnings = summary.pop("warnings", None)
-    about = dict(summary.pop("about", None) or {})
-    about.update({k: summary.pop(k) for k in ABOUT_KEYS if k in summary})
-    version = next((str(summary.pop(k)) for k in VERSION_KEYS if k in summary), __version__)
+    keys = {_norm(k): k for k in summary}
+    warnings = summary.pop(keys[WARNINGS_KEY], None) if WARNINGS_KEY in keys else None
+    about = summary.pop(keys["about"], None) if "about" in keys else None
+    about = dict(about) if isinstance(about, dict) else ({"about": about} if about else {})
+    about.update({keys[k]: summary.pop(keys[k]) for k in ABOUT_KEYS if k in keys})
+    version = __version__
+    for key in VERSION_KEYS:
+        if key in keys:
+            version = str(summary.pop(keys[key]))
+            break
 
     label = f"sub-{subject}" + (f", ses-{session}" if session else "")
-    warning_list = [warnings] if isinstance(warnings, str) else list(warnings or [])
+    single = isinstance(warnings, str | dict) or _is_scalar(warnings)
+    warning_list = [warnings] if single and warnings else list(warnings or [])
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -150,11 +164,17 @@ def _summary_section(subject: str, session: str | None, summary: dict) -> str:
     if session:
         overview["session"] = f"ses-{session}"
     overview.update({k: v for k, v in summary.items() if not isinstance(v, dict | list | tuple)})
-    parts = ['<section id="summary"><h2>Summary</h2>', _render(overview)]
+    parts = ['<section id="summary"><h2>Summary</h2><div class="grid">']
+    parts.append(f'<div class="card"><h3>Overview</h3>{_render(overview)}</div>')
     for key, value in summary.items():
         if isinstance(value, dict | list | tuple):
-            parts.append(f'<h3 id="{_anchor(key)}">{_e(_humanise(key))}</h3>{_render(value)}')
-    parts.append("</section>")
+            body = _render(value)
+            wide = " wide" if body.startswith("<table><thead>") else ""  # records: full width
+            parts.append(
+                f'<div class="card{wide}" id="{_anchor(key)}"><h3>{_e(_humanise(key))}</h3>'
+                f"{body}</div>"
+            )
+    parts.append("</div></section>")
     return "\n".join(parts)
 
 
@@ -186,9 +206,10 @@ def _figures_section(output_dir: Path, figures: list[Path], out_path: Path) -> s
 def _about_section(about: dict, output_dir: Path, version: str) -> str:
     """Command line, settings, run id and where and when the report was made."""
     rows = {"bids_qnet version": version, "output directory": str(output_dir)}
-    command = about.pop("command_line", None)
+    command_keys = [k for k in about if _norm(k) == "commandline"]
+    command = about.pop(command_keys[0]) if command_keys else None
     rows.update(about)
-    rows["report generated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows["report generated"] = datetime.now(UTC).isoformat(timespec="seconds")
     parts = ['<section id="about"><h2>About</h2>']
     if command is not None:
         text = " ".join(map(str, command)) if isinstance(command, list | tuple) else str(command)
@@ -200,9 +221,13 @@ def _about_section(about: dict, output_dir: Path, version: str) -> str:
 
 def _render(value: Any) -> str:
     """HTML for any JSON-like value; every string that reaches the page is escaped."""
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _render(value.tolist())
     if isinstance(value, dict):
         if not value:
             return '<span class="none">none</span>'
+        if len(value) > 1 and all(isinstance(v, dict) and v for v in value.values()):
+            return _records_table([{"": k, **v} for k, v in value.items()])
         rows = "".join(
             f"<tr><th>{_e(_humanise(str(k)))}</th><td>{_render(v)}</td></tr>"
             for k, v in value.items()
@@ -217,13 +242,11 @@ def _render(value: Any) -> str:
         if all(_is_scalar(i) for i in items) and len(items) <= 12:
             return _e(", ".join(_format_scalar(i) for i in items))
         return "<ul>" + "".join(f"<li>{_render(i)}</li>" for i in items) + "</ul>"
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return _render(value.tolist())
     return _e(_format_scalar(value))
 
 
 def _records_table(records: list[dict]) -> str:
-    """A list of dicts as one table, columns the union of their keys in first-seen order."""
+    """Render dicts as one table, columns the union of their keys in first-seen order."""
     columns = list(dict.fromkeys(k for record in records for k in record))
     head = "".join(f"<th>{_e(_humanise(str(c)))}</th>" for c in columns)
     body = "".join(
@@ -253,18 +276,28 @@ def _format_scalar(value: Any) -> str:
 
 
 def _caption(name: str) -> tuple[str, str]:
-    """Heading and caption for a figure file, from its ``desc-`` entity."""
-    match = re.search(r"desc-([A-Za-z0-9]+)", name)
-    desc = match.group(1) if match else ""
-    for prefix, (heading, caption) in FIGURE_CAPTIONS.items():
-        if desc.lower().startswith(prefix):
-            return heading, caption
-    return _humanise(desc or name.split(".")[0]), ""
+    """Heading and caption for a figure file, from its ``desc-`` entity or its suffix."""
+    stem = name.split(".")[0]
+    match = re.search(r"desc-([A-Za-z0-9]+)", stem)
+    tokens = [match.group(1).lower()] if match else []
+    tokens.append(stem.rsplit("_", 1)[-1].lower())
+    for token in tokens:
+        for prefix, (heading, caption) in FIGURE_CAPTIONS.items():
+            if token.startswith(prefix):
+                return heading, caption
+    return _humanise(match.group(1) if match else stem), ""
 
 
 def _humanise(key: str) -> str:
+    """``snake_case`` keys become words; other keys (sidecar ``CamelCase``, names) stay as is."""
+    if not re.fullmatch(r"[a-z0-9_]+", key):
+        return key
     text = key.replace("_", " ").strip()
     return text[:1].upper() + text[1:]
+
+
+def _norm(key: Any) -> str:
+    return re.sub(r"[\s_-]+", "", str(key)).lower()
 
 
 def _anchor(key: str) -> str:

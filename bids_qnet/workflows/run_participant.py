@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -37,6 +38,9 @@ def run_participant_level(settings: Settings) -> int:
     in one line each at the end; the others are still processed.
     """
     bids_io.check_bids_root(settings.bids_dir)
+    # ITK reads its thread count once, at first use; workers inherit it from here.
+    for variable in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(settings.omp_nthreads)
     from bids_qnet.data import registration_profile
     from bids_qnet.embed import load_backbone, resolve_device
     from bids_qnet.reference import load_reference, region_indices
@@ -106,6 +110,7 @@ def workflow_options(settings: Settings, profile: dict, reference, indices: dict
         "output_dir": str(settings.output_dir),
         "bids_dir": str(settings.bids_dir),
         "run_id": settings.run_id,
+        "command_line": " ".join(["bids_qnet", *sys.argv[1:]]),
         "input_info": {},
         **{k: v for k, v in settings.to_dict().items() if k in (
             "channels", "reference_channel", "crop", "crop_regions", "crop_margin_mm",
@@ -187,6 +192,8 @@ def _run_workflow(settings: Settings, todo: list, options: dict) -> None:
     if settings.plugin == "MultiProc":
         plugin_args.setdefault("n_procs", settings.nprocs)
         plugin_args.setdefault("raise_insufficient", False)
+        # Clean workers: no ITK/torch thread pools inherited from this process through fork().
+        plugin_args.setdefault("mp_context", "forkserver")
         if settings.mem_gb:
             plugin_args.setdefault("memory_gb", settings.mem_gb)
     LOGGER.info("processing %d participant(s) with nipype %s: %s", len(todo), settings.plugin,

@@ -148,6 +148,7 @@ def write_outputs(
     }
     final = copy(embeddings_path, {**base, "desc": desc}, "embeddings", ".npy", None)
     summary = _summary(options, prep_info, coreg_info, norm_info, stack_meta, embed_meta)
+    summary["SettingsPath"] = str(settings_path(out, subject, session, options["run_id"]))
     report = _report(out, subject, session, summary, figures)
     write_sidecar(final, {**embed_meta, **common})
     return [str(p) for p in [*written, *figures, report, final]]
@@ -183,8 +184,21 @@ def _figures(out: Path, subject: str, session: str | None, options: dict,
     return [qc, montage]
 
 
+def _warnings(prep_info: dict, norm_info: dict) -> list[str]:
+    notes = [f"{n} non-finite (NaN/Inf) voxels in {s} were set to zero"
+             for s, n in prep_info["NonFiniteVoxels"].items() if n]  # fmt: skip
+    overlap = norm_info.get("Quality", {}).get("mask_overlap")
+    if overlap is not None and overlap < 0.8:
+        notes.append(f"registered brain/template mask overlap is {overlap:.2f}: check the QC "
+                     "figure (skull or neck in the reference image lowers it)")  # fmt: skip
+    return notes
+
+
 def _summary(options, prep_info, coreg_info, norm_info, stack_meta, embed_meta) -> dict:
     return {
+        "Warnings": _warnings(prep_info, norm_info),
+        "RunID": options["run_id"],
+        "CommandLine": options.get("command_line", ""),
         "Inputs": options.get("input_info", {}),
         "Non-finite voxels set to zero": prep_info["NonFiniteVoxels"],
         "Co-registration": {k: v for k, v in coreg_info.items() if k != "Seconds"},
@@ -205,11 +219,23 @@ def _report(out: Path, subject: str, session: str | None, summary: dict,
     return write_participant_report(out, subject, session, summary, figures, out / f"{stem}.html")
 
 
+def settings_path(output_dir: Path, subject: str, session: str | None, run_id: str) -> Path:
+    """Return where a run's settings are saved for a participant (and session)."""
+    name = "bids_qnet_settings" + (f"_ses-{session}" if session else "") + ".json"
+    return subject_dir(output_dir, subject, None) / "log" / run_id / name
+
+
 def save_settings(output_dir: Path, subject: str, session: str | None, settings) -> Path:
     """Save the run's settings into the participant's log folder."""
-    folder = subject_dir(output_dir, subject, None) / "log" / settings.run_id
-    name = "bids_qnet_settings" + (f"_ses-{session}" if session else "") + ".json"
-    return write_json(folder / name, settings.to_dict())
+    path = settings_path(output_dir, subject, session, settings.run_id)
+    return write_json(path, settings.to_dict())
 
 
-__all__ = ["final_output", "output_entities", "resolution_label", "save_settings", "write_outputs"]
+__all__ = [
+    "final_output",
+    "output_entities",
+    "resolution_label",
+    "save_settings",
+    "settings_path",
+    "write_outputs",
+]
