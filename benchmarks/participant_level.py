@@ -39,21 +39,54 @@ def bare_registration(anat: Path, template, mask, profile: dict, seed: int) -> f
     with tempfile.TemporaryDirectory() as tmp:
         same = t1w.shape == r2s.shape and np.allclose(t1w.origin, r2s.origin)
         if not same:
-            ants.registration(fixed=t1w, moving=r2s, outprefix=f"{tmp}/c_", random_seed=seed,
-                              **profile["coregistration"])  # fmt: skip
-        ants.registration(fixed=template, moving=t1w, mask=mask, outprefix=f"{tmp}/n_",
-                          random_seed=seed, **profile["normalisation"])  # fmt: skip
+            ants.registration(
+                fixed=t1w,
+                moving=r2s,
+                outprefix=f"{tmp}/c_",
+                random_seed=seed,
+                **profile["coregistration"],
+            )
+        ants.registration(
+            fixed=template,
+            moving=t1w,
+            mask=mask,
+            outprefix=f"{tmp}/n_",
+            random_seed=seed,
+            **profile["normalisation"],
+        )
     return time.perf_counter() - start
 
 
 def pipeline(bids: Path, out: Path, label: str, args) -> tuple[float, float]:
     """Run the participant level for one participant; return (seconds, peak RSS in GiB)."""
-    command = [sys.executable, "-m", "bids_qnet.cli.run", str(bids), str(out), "participant",
-               "--participant-label", label, "--registration-profile", args.profile,
-               "--embedding-weights", args.weights, "--image-size", str(args.image_size),
-               "--template-resolution", str(args.resolution), "--nprocs", "1",
-               "--omp-nthreads", "1", "--plugin", "Linear", "-w", str(out.parent / "work"),
-               "--random-seed", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "bids_qnet.cli.run",
+        str(bids),
+        str(out),
+        "participant",
+        "--participant-label",
+        label,
+        "--registration-profile",
+        args.profile,
+        "--embedding-weights",
+        args.weights,
+        "--image-size",
+        str(args.image_size),
+        "--template-resolution",
+        str(args.resolution),
+        "--nprocs",
+        "1",
+        "--omp-nthreads",
+        "1",
+        "--plugin",
+        "Linear",
+        "-w",
+        str(out.parent / "work"),
+        "--random-seed",
+        "1",
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
@@ -73,8 +106,13 @@ def main() -> None:
     profile = registration_profile(args.profile)
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         root = Path(tmp)
-        demo = make_demo_dataset(root / "bids", n_participants=args.participants, seed=3,
-                                 resolution=args.resolution, t1w_grid="mixed")  # fmt: skip
+        demo = make_demo_dataset(
+            root / "bids",
+            n_participants=args.participants,
+            seed=3,
+            resolution=args.resolution,
+            t1w_grid="mixed",
+        )
         template = template_on_grid(load_reference(), args.resolution)
         mask = brain_mask(template)
         rows = []
@@ -82,23 +120,31 @@ def main() -> None:
             label = sub_dir.name.removeprefix("sub-")
             bare = bare_registration(sub_dir / "anat", template, mask, profile, 1)
             seconds, peak = pipeline(demo.bids_dir, root / "out", label, args)
-            rows.append({"participant": label, "bare_registration_s": round(bare, 1),
-                         "participant_level_s": round(seconds, 1),
-                         "ratio": round(seconds / bare, 3), "peak_rss_gib": round(peak, 2)})  # fmt: skip
+            rows.append(
+                {
+                    "participant": label,
+                    "bare_registration_s": round(bare, 1),
+                    "participant_level_s": round(seconds, 1),
+                    "ratio": round(seconds / bare, 3),
+                    "peak_rss_gib": round(peak, 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     result = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} cores",
+        f"{os.cpu_count()} cores",
         "settings": vars(args),
         "participants": rows,
         "mean_ratio": round(float(np.mean([r["ratio"] for r in rows])), 3),
         "max_peak_rss_gib": max(r["peak_rss_gib"] for r in rows),
-    }  # fmt: skip
+    }
     target = Path(__file__).parent / "results" / "participant_level.json"
     target.parent.mkdir(exist_ok=True)
     target.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"mean ratio pipeline/bare registration: {result['mean_ratio']}; "
-          f"peak RSS {result['max_peak_rss_gib']} GiB -> {target}")  # fmt: skip
+    print(
+        f"mean ratio pipeline/bare registration: {result['mean_ratio']}; "
+        f"peak RSS {result['max_peak_rss_gib']} GiB -> {target}"
+    )
 
 
 if __name__ == "__main__":

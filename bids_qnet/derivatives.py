@@ -25,17 +25,43 @@ PIPELINE_NAME = "bids_qnet"
 
 # BIDS entity order (derivatives spec), then the suffix.
 ENTITY_ORDER = (
-    "sub", "ses", "task", "acq", "ce", "rec", "run", "echo", "part",
-    "from", "to", "mode", "space", "atlas", "seg", "res", "label", "desc",
-)  # fmt: skip
+    "sub",
+    "ses",
+    "task",
+    "acq",
+    "ce",
+    "rec",
+    "run",
+    "echo",
+    "part",
+    "from",
+    "to",
+    "mode",
+    "space",
+    "atlas",
+    "seg",
+    "res",
+    "label",
+    "desc",
+)
 
 # Files without a BIDS standard yet (transforms, slice stacks, embeddings, reports). No trailing
 # slashes: the BIDS validator's .bidsignore matching does not match folders written that way.
 BIDSIGNORE = (
-    "*_xfm.h5", "*_xfm.mat", "*_xfm.json",
-    "*_slices.npy", "*_slices.json", "*_embeddings.npy", "*_embeddings.json",
-    "sub-*.html", "sub-*/figures", "sub-*/log", "sourcedata", "logs", "CITATION.md",
-)  # fmt: skip
+    "*_xfm.h5",
+    "*_xfm.mat",
+    "*_xfm.json",
+    "*_slices.npy",
+    "*_slices.json",
+    "*_embeddings.npy",
+    "*_embeddings.json",
+    "sub-*.html",
+    "sub-*/figures",
+    "sub-*/log",
+    "sourcedata",
+    "logs",
+    "CITATION.md",
+)
 
 README_TEXT = f"""# bids_qnet derivatives
 
@@ -198,8 +224,6 @@ def init_derivatives(output_dir: Path, bids_dir: Path) -> None:
     write_atomic(output_dir / "README.md", lambda tmp: tmp.write_text(README_TEXT))
 
 
-
-
 def citation_text(resources: dict[str, Any]) -> str:
     """Return the methods/citation text for the derivative dataset's ``CITATION.md``."""
     return (
@@ -214,6 +238,7 @@ def citation_text(resources: dict[str, Any]) -> str:
         "stacked channel-wise, and a ResNet18 (He et al., 2016, CVPR) without its classification "
         "layer embedded every slice as a 512-d vector, following Q-Net (Zabihi et al., "
         "hereditary haemochromatosis classification from QSM, R2* and T1w).\n\n"
-        f"Template: {resources['template']['source']}. Licence: {resources['template']['licence']}.\n\n"
+        f"Template: {resources['template']['source']}. "
+        f"Licence: {resources['template']['licence']}.\n\n"
         f"Atlas: {resources['atlas']['source']}. Licence: {resources['atlas']['licence']}.\n"
     )

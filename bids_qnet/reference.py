@@ -79,8 +79,12 @@ def load_reference(template: Path | None = None, atlas: Path | None = None) -> R
         match = re.search(r"atlas-([A-Za-z0-9]+)", atlas_path.name)
         atlas_name = match.group(1) if match else "custom"
         atlas_source = f"user-supplied atlas {atlas_path}"
-    labels = {str(n): int(i) for i, n in zip(labels_frame["index"], labels_frame["name"], strict=True)}
-    return Reference(space, template_path, atlas_name, atlas_path, labels, template_source, atlas_source)
+    labels = {
+        str(n): int(i) for i, n in zip(labels_frame["index"], labels_frame["name"], strict=True)
+    }
+    return Reference(
+        space, template_path, atlas_name, atlas_path, labels, template_source, atlas_source
+    )
 
 
 def region_indices(reference: Reference, regions: list[str]) -> dict[str, int]:
@@ -144,7 +148,8 @@ def _read_user_labels(atlas_path: Path) -> pd.DataFrame:
     tsv = atlas_path.with_name(f"{stem}.tsv")
     if not tsv.is_file():
         raise MissingInputError(
-            f"atlas labels {tsv} are missing: put a TSV with columns 'index' and 'name' beside {atlas_path}"
+            f"atlas labels {tsv} are missing: put a TSV with columns 'index' and 'name' "
+            f"beside {atlas_path}"
         )
     frame = pd.read_csv(tsv, sep="\t")
     if not {"index", "name"} <= set(frame.columns):

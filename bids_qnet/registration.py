@@ -404,7 +404,9 @@ def quality(
     -------
     dict of str to float
         ``brain_correlation``: Pearson r of the two images' intensities inside the mask (NaN when
-        either is constant there); ``mask_overlap``: Dice of the registered image's foreground
+        either is constant there); ``abs_brain_correlation``: its absolute value, the gate of the
+        built-in profiles (a QSM reference correlates negatively with a T1w template);
+        ``mask_overlap``: Dice of the registered image's foreground
         (above :data:`FOREGROUND_FRACTION` of its 99th percentile) and the mask, over the
         template grid (a T1w with skull scores lower than a brain-extracted one);
         ``coverage``: share of mask voxels where the registered image holds data (non-zero),
@@ -437,6 +439,9 @@ def quality(
     coverage = np.count_nonzero(a != 0) / n_mask
     return {
         "brain_correlation": correlation,
+        # Contrast may be inverted against a T1w template (QSM: white matter dark), so the
+        # built-in quality gate uses the size of the correlation, not its sign.
+        "abs_brain_correlation": abs(correlation),
         "mask_overlap": float(overlap),
         "coverage": float(coverage),
         "foreground_threshold": float(threshold),
@@ -448,7 +453,7 @@ def check_quality(metrics: dict[str, float], profile_quality: dict[str, Any], wh
     """Raise when a registration's quality falls below the profile's thresholds.
 
     Every ``min_<metric>`` key of the profile's ``quality`` section is checked against
-    ``metrics[<metric>]`` (``min_brain_correlation`` in the built-in profiles); a NaN metric
+    ``metrics[<metric>]`` (``min_abs_brain_correlation`` in the built-in profiles); a NaN metric
     fails.
 
     Parameters

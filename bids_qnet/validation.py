@@ -92,8 +92,11 @@ def validate_dataset(
             f"{dataset} failed BIDS validation: {_describe(dataset_level)}. "
             "Fix it or pass --skip-bids-validation"
         )
-    LOGGER.info("BIDS validation: %d of %d participants without errors",
-                len(subjects) - len(per_subject), len(subjects))  # fmt: skip
+    LOGGER.info(
+        "BIDS validation: %d of %d participants without errors",
+        len(subjects) - len(per_subject),
+        len(subjects),
+    )
     return {
         subject: BIDSValidationError(
             f"failed BIDS validation: {_describe(issues)}; fix the file(s) or pass "

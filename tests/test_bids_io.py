@@ -11,8 +11,9 @@ from bids_qnet.errors import InputDataError, MissingInputError, NothingSelectedE
 
 def _image(path, data, affine=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4) if affine is None else affine),
-             path)  # fmt: skip
+    nib.save(
+        nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4) if affine is None else affine), path
+    )
     return path
 
 
@@ -20,7 +21,9 @@ def _image(path, data, affine=None):
 def dataset(tmp_path):
     root = tmp_path / "bids"
     root.mkdir()
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.10.0"}))
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "t", "BIDSVersion": "1.10.0"})
+    )
     for sub in ("01", "02"):
         for suffix in ("Chimap", "R2starmap", "T1w"):
             if sub == "02" and suffix == "R2starmap":
@@ -72,9 +75,16 @@ def test_find_channels_ambiguous_then_filtered(dataset):
 def test_channels_from_a_derivative_dataset(dataset, tmp_path):
     qsmxt = tmp_path / "qsmxt"
     (qsmxt).mkdir()
-    (qsmxt / "dataset_description.json").write_text(json.dumps(
-        {"Name": "qsmxt", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
-         "GeneratedBy": [{"Name": "QSMxT"}]}))  # fmt: skip
+    (qsmxt / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "qsmxt",
+                "BIDSVersion": "1.10.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "QSMxT"}],
+            }
+        )
+    )
     _image(qsmxt / "sub-02" / "anat" / "sub-02_R2starmap.nii.gz", np.ones((4, 5, 6)))
     layout = bids_io.load_layout(dataset, {"qsmxt": qsmxt})
     found = bids_io.find_channels(layout, "02", None, ["Chimap", "R2starmap", "T1w"], {})

@@ -37,9 +37,7 @@ def test_bad_option_exits_64_not_2(tmp_path):
     assert exit_info.value.code == EXIT_USAGE
 
 
-@pytest.mark.parametrize(
-    "flag", ["--participant-label", "--participant_label"]
-)
+@pytest.mark.parametrize("flag", ["--participant-label", "--participant_label"])
 def test_participant_label_aliases(flag, tmp_path):
     args = build_parser().parse_args(["in", "out", "participant", flag, "sub-01", "02"])
     assert args.participant_label == ["sub-01", "02"]
@@ -61,7 +59,9 @@ def test_mem_units():
 def test_output_inside_bids_dir_is_refused(tmp_path, capsys):
     bids = tmp_path / "bids"
     bids.mkdir()
-    (bids / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.10.0"}))
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": "x", "BIDSVersion": "1.10.0"})
+    )
     code = main([str(bids), str(bids / "derivatives" / "qnet"), "participant"])
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
@@ -93,13 +93,24 @@ def test_missing_bids_dir(tmp_path, capsys):
 
 
 def test_unsafe_label_refused(tmp_path, capsys):
-    code = main([str(tmp_path / "b"), str(tmp_path / "o"), "participant", "--participant-label", "0;1"])
+    code = main(
+        [str(tmp_path / "b"), str(tmp_path / "o"), "participant", "--participant-label", "0;1"]
+    )
     assert code == EXIT_USAGE
     assert "not a BIDS label" in capsys.readouterr().err
 
 
 def test_reference_channel_must_be_a_channel(tmp_path, capsys):
-    code = main([str(tmp_path / "b"), str(tmp_path / "o"), "participant", "--channels", "Chimap",
-                 "--reference-channel", "T1w"])  # fmt: skip
+    code = main(
+        [
+            str(tmp_path / "b"),
+            str(tmp_path / "o"),
+            "participant",
+            "--channels",
+            "Chimap",
+            "--reference-channel",
+            "T1w",
+        ]
+    )
     assert code == EXIT_USAGE
     assert "--reference-channel" in capsys.readouterr().err

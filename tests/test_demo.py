@@ -51,8 +51,14 @@ def test_only_bids_files_with_bids_names(demo):
     assert description["BIDSVersion"] == "1.10.0"
     assert description["DatasetType"] == "raw"
     assert description["License"] == "CC-BY-NC-4.0"  # the atlas behind the phantom is CC BY-NC
-    for credit in ("ICBM 2009c", "McConnell Brain Imaging Centre", "McGill University",
-                   "Neuromorphometrics atlas", "OASIS", "Neuromorphometrics, Inc."):  # fmt: skip
+    for credit in (
+        "ICBM 2009c",
+        "McConnell Brain Imaging Centre",
+        "McGill University",
+        "Neuromorphometrics atlas",
+        "OASIS",
+        "Neuromorphometrics, Inc.",
+    ):
         assert credit in description["HowToAcknowledge"]
     readme = (demo.bids_dir / "README").read_text(encoding="utf-8")
     assert description["HowToAcknowledge"] in readme and "CC-BY-NC-4.0" in readme

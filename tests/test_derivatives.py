@@ -18,8 +18,9 @@ from bids_qnet.derivatives import (
 def test_build_path_orders_entities():
     path = build_path(
         {"desc": "bgcrop", "res": "1", "space": "MNI152NLin2009cAsym", "ses": "a", "sub": "01"},
-        "Chimap", ".nii.gz",
-    )  # fmt: skip
+        "Chimap",
+        ".nii.gz",
+    )
     assert path == Path(
         "sub-01/ses-a/anat/sub-01_ses-a_space-MNI152NLin2009cAsym_res-1_desc-bgcrop_Chimap.nii.gz"
     )

@@ -17,21 +17,35 @@ pytestmark = pytest.mark.slow
 
 SPACE = "MNI152NLin2009cAsym"
 STEM = f"space-{SPACE}_res-2"
-OPTIONS = ["--registration-profile", "fast", "--embedding-weights", "random",
-           "--template-resolution", "2", "--image-size", "64", "--nprocs", "2",
-           "--random-seed", "7"]  # fmt: skip
+OPTIONS = [
+    "--registration-profile",
+    "fast",
+    "--embedding-weights",
+    "random",
+    "--template-resolution",
+    "2",
+    "--image-size",
+    "64",
+    "--nprocs",
+    "2",
+    "--random-seed",
+    "7",
+]
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*")}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("participant_level")
-    demo = make_demo_dataset(root / "bids", n_participants=4, seed=5, resolution=2.0,
-                             t1w_grid="mixed")  # fmt: skip
+    demo = make_demo_dataset(
+        root / "bids", n_participants=4, seed=5, resolution=2.0, t1w_grid="mixed"
+    )
     bids = demo.bids_dir
     (bids / "sub-03" / "anat" / "sub-03_R2starmap.nii.gz").unlink()
     (bids / "sub-03" / "anat" / "sub-03_R2starmap.json").unlink()
@@ -51,8 +65,19 @@ def test_failures_reported_and_others_processed(run, capsys):
 
 
 def test_error_lines_name_participant_and_fix(tmp_path, run, capsys):
-    code = main([str(run["bids"]), str(run["out"]), "participant", "-w", str(run["work"]),
-                 "--participant-label", "03", "04", *OPTIONS])  # fmt: skip
+    code = main(
+        [
+            str(run["bids"]),
+            str(run["out"]),
+            "participant",
+            "-w",
+            str(run["work"]),
+            "--participant-label",
+            "03",
+            "04",
+            *OPTIONS,
+        ]
+    )
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("bids_qnet: error")]
     assert code == 66
     assert len(lines) == 2
@@ -67,11 +92,16 @@ def test_input_dataset_untouched(run):
 def test_expected_files(run):
     anat = run["out"] / "sub-01" / "anat"
     names = sorted(p.name for p in anat.iterdir())
-    expected = {f"sub-01_from-{SPACE}_to-T1w_mode-image_xfm.h5",
-                f"sub-01_from-T1w_to-{SPACE}_mode-image_xfm.h5"}  # fmt: skip
+    expected = {
+        f"sub-01_from-{SPACE}_to-T1w_mode-image_xfm.h5",
+        f"sub-01_from-T1w_to-{SPACE}_mode-image_xfm.h5",
+    }
     for suffix in ("Chimap", "R2starmap", "T1w"):
         expected |= {f"sub-01_{STEM}_{suffix}.nii.gz", f"sub-01_{STEM}_desc-bgcrop_{suffix}.nii.gz"}
-    expected |= {f"sub-01_{STEM}_desc-bgcrop_slices.npy", f"sub-01_{STEM}_desc-bgcrop_embeddings.npy"}
+    expected |= {
+        f"sub-01_{STEM}_desc-bgcrop_slices.npy",
+        f"sub-01_{STEM}_desc-bgcrop_embeddings.npy",
+    }
     sidecars = {n.split(".")[0] + ".json" for n in expected}
     coreg = {n for n in names if n.endswith("_xfm.mat")}  # present when T1w has its own grid
     assert set(names) == expected | sidecars | coreg | {n.replace(".mat", ".json") for n in coreg}
@@ -79,8 +109,10 @@ def test_expected_files(run):
         meta = json.loads((anat / name).read_text())
         assert meta["Complete"] is True and meta["Sources"]
     figures = sorted(p.name for p in (run["out"] / "sub-01" / "figures").iterdir())
-    assert figures == ["sub-01_desc-bgcrop_slices.png",
-                       f"sub-01_space-{SPACE}_desc-registration_qc.png"]  # fmt: skip
+    assert figures == [
+        "sub-01_desc-bgcrop_slices.png",
+        f"sub-01_space-{SPACE}_desc-registration_qc.png",
+    ]
     assert not [p for p in run["out"].rglob(".tmp-*")]
 
 
@@ -109,9 +141,19 @@ def test_registration_puts_iron_where_the_atlas_says(run):
     for sub in ("01", "02"):
         chi = nib.load(run["out"] / f"sub-{sub}" / "anat" / f"sub-{sub}_{STEM}_Chimap.nii.gz")
         chi = np.asarray(chi.dataobj)
-        means = {name: float(np.mean(chi[np.isin(labels, [reference.labels[f"Left_{name}"],
-                                                          reference.labels[f"Right_{name}"]])]))
-                 for name in ("Pallidum", "Putamen", "Thalamus_Proper")}  # fmt: skip
+        means = {
+            name: float(
+                np.mean(
+                    chi[
+                        np.isin(
+                            labels,
+                            [reference.labels[f"Left_{name}"], reference.labels[f"Right_{name}"]],
+                        )
+                    ]
+                )
+            )
+            for name in ("Pallidum", "Putamen", "Thalamus_Proper")
+        }
         assert means["Pallidum"] > 0.08, means
         assert means["Pallidum"] > means["Putamen"] > means["Thalamus_Proper"], means
 
@@ -119,12 +161,15 @@ def test_registration_puts_iron_where_the_atlas_says(run):
 def test_crop_contains_the_basal_ganglia(run):
     reference = load_reference()
     labels = atlas_on_grid(reference, template_on_grid(reference, 2.0)).numpy()
-    meta = json.loads((run["out"] / "sub-01" / "anat" /
-                       f"sub-01_{STEM}_desc-bgcrop_slices.json").read_text())  # fmt: skip
+    meta = json.loads(
+        (run["out"] / "sub-01" / "anat" / f"sub-01_{STEM}_desc-bgcrop_slices.json").read_text()
+    )
     lower, upper = meta["Box"]["lower"], meta["Box"]["upper"]
-    names = [f"{side}_{n}" for side in ("Left", "Right") for n in ("Caudate", "Putamen", "Pallidum")]
+    names = [
+        f"{side}_{n}" for side in ("Left", "Right") for n in ("Caudate", "Putamen", "Pallidum")
+    ]
     inside = np.zeros(labels.shape, bool)
-    inside[lower[0]:upper[0], lower[1]:upper[1], lower[2]:upper[2]] = True
+    inside[lower[0] : upper[0], lower[1] : upper[1], lower[2] : upper[2]] = True
     for name in names:
         region = labels == reference.labels[name]
         assert region.any() and inside[region].all(), name
@@ -139,8 +184,18 @@ def test_output_passes_the_bids_validator(run):
 def test_rerun_skips_complete_participants(run, caplog):
     anat = run["out"] / "sub-01" / "anat"
     stamp = {p.name: p.stat().st_mtime_ns for p in anat.iterdir()}
-    code = main([str(run["bids"]), str(run["out"]), "participant", "-w", str(run["work"]),
-                 "--participant-label", "01", *OPTIONS])  # fmt: skip
+    code = main(
+        [
+            str(run["bids"]),
+            str(run["out"]),
+            "participant",
+            "-w",
+            str(run["work"]),
+            "--participant-label",
+            "01",
+            *OPTIONS,
+        ]
+    )
     assert code == 0
     assert {p.name: p.stat().st_mtime_ns for p in anat.iterdir()} == stamp
     assert "already complete" in caplog.text
@@ -160,16 +215,37 @@ def test_overwrite_reuses_the_work_cache_and_is_deterministic(run):
     vectors = anat / f"sub-01_{STEM}_desc-bgcrop_embeddings.npy"
     before = stack.read_bytes(), vectors.read_bytes()
     stack.unlink()  # a lost output: --overwrite rewrites it from the nipype cache
-    code = main([str(run["bids"]), str(run["out"]), "participant", "-w", str(run["work"]),
-                 "--participant-label", "01", "--overwrite", *OPTIONS])  # fmt: skip
+    code = main(
+        [
+            str(run["bids"]),
+            str(run["out"]),
+            "participant",
+            "-w",
+            str(run["work"]),
+            "--participant-label",
+            "01",
+            "--overwrite",
+            *OPTIONS,
+        ]
+    )
     assert code == 0
     assert (stack.read_bytes(), vectors.read_bytes()) == before
 
 
 def test_fresh_run_same_seed_gives_identical_stack(run, tmp_path):
-    code = main([str(run["bids"]), str(tmp_path / "out"), "participant", "-w",
-                 str(tmp_path / "work"), "--participant-label", "01", "--skip-bids-validation",
-                 *OPTIONS])  # fmt: skip
+    code = main(
+        [
+            str(run["bids"]),
+            str(tmp_path / "out"),
+            "participant",
+            "-w",
+            str(tmp_path / "work"),
+            "--participant-label",
+            "01",
+            "--skip-bids-validation",
+            *OPTIONS,
+        ]
+    )
     assert code == 0
     name = f"sub-01/anat/sub-01_{STEM}_desc-bgcrop_slices.npy"
     assert (tmp_path / "out" / name).read_bytes() == (run["out"] / name).read_bytes()

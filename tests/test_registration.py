@@ -356,12 +356,12 @@ def test_quality_check_rejects_wrong_images(template, mask, fast, tmp_path):
     shift.set_parameters(np.array([0.0, 0.0, 0.0, 0.0, 80.0, 0.0]))
     shifted = shift.apply_to_image(template, reference=template)
     metrics = reg.quality(shifted, template, mask)
-    assert metrics["brain_correlation"] < 0.5
+    assert metrics["abs_brain_correlation"] < 0.4
     with pytest.raises(RegistrationError) as excinfo:
         reg.check_quality(metrics, fast["quality"], "sub-02 T1w -> MNI")
     message = str(excinfo.value)
-    assert "sub-02 T1w -> MNI" in message and "brain_correlation" in message
-    assert "0.500" in message and f"{metrics['brain_correlation']:.3f}" in message
+    assert "sub-02 T1w -> MNI" in message and "abs_brain_correlation" in message
+    assert "0.400" in message and f"{metrics['abs_brain_correlation']:.3f}" in message
     assert "\n" not in message
     noise = template.new_image_like(
         np.random.default_rng(0).uniform(0, 100, template.shape).astype(np.float32)
@@ -386,3 +386,10 @@ def test_quality_perfect_and_checks(template, mask):
     coarse = ants.resample_image(template, (4.0, 4.0, 4.0), use_voxels=False, interp_type=0)
     with pytest.raises(InputDataError):
         reg.quality(coarse, template, mask)
+
+
+def test_inverted_contrast_passes_the_quality_gate(template, mask, fast):
+    inverted = template.new_image_like((template.max() - template.numpy()) * (mask.numpy() > 0))
+    metrics = reg.quality(inverted, template, mask)
+    assert metrics["brain_correlation"] < -0.5  # QSM-like: dark where the T1w is bright
+    reg.check_quality(metrics, fast["quality"], "inverted")

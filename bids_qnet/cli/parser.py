@@ -54,11 +54,15 @@ def _mem_gb(value: str) -> float:
 
 def _json_object(value: str) -> dict:
     try:
-        parsed = json.loads(value) if value.strip().startswith("{") else json.loads(
-            Path(value).read_text()
+        parsed = (
+            json.loads(value)
+            if value.strip().startswith("{")
+            else json.loads(Path(value).read_text())
         )
     except (OSError, json.JSONDecodeError) as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is neither a JSON object nor a JSON file") from exc
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither a JSON object nor a JSON file"
+        ) from exc
     return parsed
 
 
@@ -84,81 +88,146 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", choices=ANALYSIS_LEVELS, help="processing stage")
     parser.add_argument("--version", action="version", version=f"bids_qnet {__version__}")
     parser.add_argument(
-        "--bids-exec-spec", action=_PrintDescriptor, nargs=0,
+        "--bids-exec-spec",
+        action=_PrintDescriptor,
+        nargs=0,
         help="print the Boutiques descriptor and exit (BEP027)",
-    )  # fmt: skip
+    )
 
     sel = parser.add_argument_group("selecting data")
     sel.add_argument(
-        "--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+        "--participant-label",
+        "--participant_label",
+        nargs="+",
+        metavar="LABEL",
         help="labels with or without 'sub-', or a file with one label per line (default: all)",
-    )  # fmt: skip
+    )
     sel.add_argument(
-        "--session-label", "--session_label", nargs="+", metavar="LABEL",
+        "--session-label",
+        "--session_label",
+        nargs="+",
+        metavar="LABEL",
         help="labels with or without 'ses-', or a file with one label per line (default: all)",
-    )  # fmt: skip
+    )
     sel.add_argument(
-        "--bids-filter-file", "--bids_filter_file", type=Path, metavar="FILE",
+        "--bids-filter-file",
+        "--bids_filter_file",
+        type=Path,
+        metavar="FILE",
         help='JSON of per-channel pybids queries, e.g. {"Chimap": {"acq": "qsm"}}',
-    )  # fmt: skip
+    )
     sel.add_argument(
-        "-d", "--derivatives", nargs="+", type=_derivative, metavar="NAME=PATH", default=[],
+        "-d",
+        "--derivatives",
+        nargs="+",
+        type=_derivative,
+        metavar="NAME=PATH",
+        default=[],
         help="derivative datasets that hold input maps (e.g. qsmxt=/data/derivatives/qsmxt)",
-    )  # fmt: skip
+    )
     sel.add_argument(
-        "--skip-bids-validation", "--skip_bids_validation", "--skip_bids_validator",
-        action="store_true", help="do not run the BIDS validator on the input dataset",
-    )  # fmt: skip
+        "--skip-bids-validation",
+        "--skip_bids_validation",
+        "--skip_bids_validator",
+        action="store_true",
+        help="do not run the BIDS validator on the input dataset",
+    )
     sel.add_argument(
-        "--channels", nargs="+", default=list(DEFAULT_CHANNELS), metavar="SUFFIX",
+        "--channels",
+        nargs="+",
+        default=list(DEFAULT_CHANNELS),
+        metavar="SUFFIX",
         help="BIDS suffixes stacked as image channels, in order (1 to N)",
-    )  # fmt: skip
+    )
     sel.add_argument(
-        "--reference-channel", metavar="SUFFIX",
+        "--reference-channel",
+        metavar="SUFFIX",
         help="channel registered to the template (default: T1w if used, else the first)",
-    )  # fmt: skip
+    )
 
     prep = parser.add_argument_group("registration and cropping")
     prep.add_argument(
-        "--crop", choices=("bg", "full"), default="bg",
+        "--crop",
+        choices=("bg", "full"),
+        default="bg",
         help="bg: box around the atlas basal ganglia; full: the whole brain",
-    )  # fmt: skip
+    )
     prep.add_argument(
-        "--crop-regions", nargs="+", default=list(DEFAULT_CROP_REGIONS), metavar="NAME",
+        "--crop-regions",
+        nargs="+",
+        default=list(DEFAULT_CROP_REGIONS),
+        metavar="NAME",
         help="atlas region names that define the crop box",
-    )  # fmt: skip
-    prep.add_argument("--crop-margin", type=float, default=6.0, metavar="MM",
-                      help="margin around the regions' box in mm")  # fmt: skip
+    )
     prep.add_argument(
-        "--registration-profile", default="precise", metavar="NAME|FILE",
+        "--crop-margin",
+        type=float,
+        default=6.0,
+        metavar="MM",
+        help="margin around the regions' box in mm",
+    )
+    prep.add_argument(
+        "--registration-profile",
+        default="precise",
+        metavar="NAME|FILE",
         help="'precise' (default), 'fast' (tests, quick looks) or a JSON profile",
-    )  # fmt: skip
-    prep.add_argument("--template", type=Path, metavar="FILE",
-                      help="T1w brain template replacing MNI152NLin2009cAsym")  # fmt: skip
-    prep.add_argument("--atlas", type=Path, metavar="FILE",
-                      help="label image in template space with a TSV (index, name) beside it")  # fmt: skip
-    prep.add_argument("--template-resolution", type=float, default=1.0, metavar="MM",
-                      help="isotropic voxel size of the output grid")  # fmt: skip
+    )
+    prep.add_argument(
+        "--template",
+        type=Path,
+        metavar="FILE",
+        help="T1w brain template replacing MNI152NLin2009cAsym",
+    )
+    prep.add_argument(
+        "--atlas",
+        type=Path,
+        metavar="FILE",
+        help="label image in template space with a TSV (index, name) beside it",
+    )
+    prep.add_argument(
+        "--template-resolution",
+        type=float,
+        default=1.0,
+        metavar="MM",
+        help="isotropic voxel size of the output grid",
+    )
 
     emb = parser.add_argument_group("embedding")
     emb.add_argument(
-        "--embedding-weights", default="imagenet", metavar="imagenet|random|FILE",
+        "--embedding-weights",
+        default="imagenet",
+        metavar="imagenet|random|FILE",
         help="ResNet18 weights: ImageNet from the local torch cache, random, or a state dict",
-    )  # fmt: skip
-    emb.add_argument("--image-size", type=int, default=224, metavar="PX",
-                     help="slices are resized to PX x PX for the network")  # fmt: skip
+    )
+    emb.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        metavar="PX",
+        help="slices are resized to PX x PX for the network",
+    )
     emb.add_argument("--batch-size", type=int, default=64, help="slices per forward pass")
 
     run = parser.add_argument_group("execution")
-    run.add_argument("-w", "--work-dir", type=Path,
-                     help="nipype working folder (default: <output_dir>/sourcedata/bids_qnet_work)")  # fmt: skip
+    run.add_argument(
+        "-w",
+        "--work-dir",
+        type=Path,
+        help="nipype working folder (default: <output_dir>/sourcedata/bids_qnet_work)",
+    )
     run.add_argument("--nprocs", "--n-cpus", type=int, default=1, help="parallel processes")
     run.add_argument("--omp-nthreads", type=int, default=1, help="threads per process (ITK, torch)")
     run.add_argument("--mem", type=_mem_gb, metavar="SIZE", help="memory limit, e.g. 16G (GiB)")
-    run.add_argument("--plugin", default="MultiProc",
-                     help="nipype plugin (MultiProc, Linear, SLURM, SGE, ...)")  # fmt: skip
-    run.add_argument("--plugin-settings", type=_json_object, default={}, metavar="JSON|FILE",
-                     help="nipype plugin_args as JSON or a JSON file")  # fmt: skip
+    run.add_argument(
+        "--plugin", default="MultiProc", help="nipype plugin (MultiProc, Linear, SLURM, SGE, ...)"
+    )
+    run.add_argument(
+        "--plugin-settings",
+        type=_json_object,
+        default={},
+        metavar="JSON|FILE",
+        help="nipype plugin_args as JSON or a JSON file",
+    )
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--random-seed", type=int, default=42)
     run.add_argument("--overwrite", action="store_true", help="recompute complete outputs")

@@ -64,7 +64,8 @@ def check_settings(settings: Settings) -> None:
         if resolved == bids or resolved.is_relative_to(bids):
             raise UsageError(
                 f"{label} {path} is inside bids_dir {settings.bids_dir}: bids_qnet never writes "
-                "into the input dataset; choose a folder outside it (e.g. <bids_dir>/../derivatives)"
+                "into the input dataset; choose a folder outside it "
+                "(e.g. <bids_dir>/../derivatives)"
             )
     if len(set(settings.channels)) != len(settings.channels):
         raise UsageError(f"--channels lists a suffix twice: {settings.channels}")
@@ -85,7 +86,8 @@ def setup_logging(verbose: int) -> None:
     """Configure handlers once, here: bids_qnet at INFO (DEBUG with -vv), nipype quieter."""
     level = logging.DEBUG if verbose >= 2 else logging.INFO
     logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        level=logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("bids_qnet").setLevel(level)
@@ -93,9 +95,15 @@ def setup_logging(verbose: int) -> None:
     from nipype import config
     from nipype import logging as nlogging
 
-    config.update_config({"logging": {"workflow_level": nipype_level,
-                                      "interface_level": nipype_level,
-                                      "utils_level": nipype_level}})  # fmt: skip
+    config.update_config(
+        {
+            "logging": {
+                "workflow_level": nipype_level,
+                "interface_level": nipype_level,
+                "utils_level": nipype_level,
+            }
+        }
+    )
     nlogging.update_logging(config)
 
 
@@ -129,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         setup_logging(settings.verbose)
-        LOGGER.info("bids_qnet %s, %s level, run %s", __version__, settings.analysis_level,
-                    settings.run_id)  # fmt: skip
+        LOGGER.info(
+            "bids_qnet %s, %s level, run %s", __version__, settings.analysis_level, settings.run_id
+        )
         if settings.analysis_level == "participant":
             from bids_qnet.workflows.run_participant import run_participant_level
 

@@ -48,8 +48,8 @@ def registration_profile(name_or_path: str) -> dict[str, Any]:
     if not path.is_file():
         names = sorted(p.stem for p in (DATA_DIR / "registration").glob("*.json"))
         raise UsageError(
-            f"registration profile {name_or_path!r} is neither a built-in profile ({', '.join(names)}) "
-            "nor an existing JSON file"
+            f"registration profile {name_or_path!r} is neither a built-in profile "
+            f"({', '.join(names)}) nor an existing JSON file"
         )
     try:
         profile = json.loads(path.read_text())

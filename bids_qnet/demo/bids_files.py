@@ -100,18 +100,30 @@ def write_dataset_files(out_dir: Path, table: pd.DataFrame) -> None:
     table : pandas.DataFrame
         The participants table.
     """
-    write_json(out_dir / "dataset_description.json", {
-        "Name": DEMO_NAME, "BIDSVersion": "1.10.0", "DatasetType": "raw", "License": LICENSE,
-        "Authors": ["bids_qnet developers"], "HowToAcknowledge": ACKNOWLEDGEMENT,
-        "GeneratedBy": [{"Name": "bids_qnet-demo", "Version": __version__, "CodeURL": CODE_URL}],
-    })  # fmt: skip
+    write_json(
+        out_dir / "dataset_description.json",
+        {
+            "Name": DEMO_NAME,
+            "BIDSVersion": "1.10.0",
+            "DatasetType": "raw",
+            "License": LICENSE,
+            "Authors": ["bids_qnet developers"],
+            "HowToAcknowledge": ACKNOWLEDGEMENT,
+            "GeneratedBy": [
+                {"Name": "bids_qnet-demo", "Version": __version__, "CodeURL": CODE_URL}
+            ],
+        },
+    )
     hh = "hereditary haemochromatosis (simulated brain iron excess)"
-    write_json(out_dir / "participants.json", {
-        "participant_id": {"Description": "Participant label"},
-        "group": {"Description": "Diagnosis", "Levels": {"HC": "healthy control", "HH": hh}},
-        "age": {"Description": "Age at the scan", "Units": "year"},
-        "sex": {"Description": "Sex", "Levels": {"M": "male", "F": "female"}},
-    })  # fmt: skip
+    write_json(
+        out_dir / "participants.json",
+        {
+            "participant_id": {"Description": "Participant label"},
+            "group": {"Description": "Diagnosis", "Levels": {"HC": "healthy control", "HH": hh}},
+            "age": {"Description": "Age at the scan", "Units": "year"},
+            "sex": {"Description": "Sex", "Levels": {"M": "male", "F": "female"}},
+        },
+    )
     table.to_csv(out_dir / "participants.tsv", sep="\t", index=False, lineterminator="\n")
     reference = load_reference()
     (out_dir / "README").write_text(

@@ -35,8 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resolution", type=float, default=1.0, help="phantom resolution in mm (2 is quick)")
     add("--t1w-grid", choices=T1W_GRIDS, default="mixed", help="T1w on the GRE grid or its own")
     add("--sessions", type=int, default=1, help="sessions per participant")
-    add("--planted-regions", nargs="+", default=list(DEFAULT_PLANTED), metavar="REGION",
-        help="atlas regions with more iron in patients")  # fmt: skip
+    add(
+        "--planted-regions",
+        nargs="+",
+        default=list(DEFAULT_PLANTED),
+        metavar="REGION",
+        help="atlas regions with more iron in patients",
+    )
     add("--iron-effect", type=float, default=0.5, help="relative iron increase in patients")
     add("--truth-dir", type=Path, help="ground-truth folder (default: OUT_DIR_truth)")
     add("--overwrite", action="store_true", help="replace an earlier demo dataset")
@@ -62,11 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2))
         info = make_demo_dataset(
-            args.out_dir, n_participants=args.participants, seed=args.seed,
-            planted_regions=args.planted_regions, iron_effect=args.iron_effect,
-            t1w_grid=args.t1w_grid, resolution=args.resolution, sessions=args.sessions,
-            truth_dir=args.truth_dir, overwrite=args.overwrite,
-        )  # fmt: skip
+            args.out_dir,
+            n_participants=args.participants,
+            seed=args.seed,
+            planted_regions=args.planted_regions,
+            iron_effect=args.iron_effect,
+            t1w_grid=args.t1w_grid,
+            resolution=args.resolution,
+            sessions=args.sessions,
+            truth_dir=args.truth_dir,
+            overwrite=args.overwrite,
+        )
     except QNetError as error:
         print(f"bids_qnet-demo: error: {error}", file=sys.stderr)
         return error.exit_code

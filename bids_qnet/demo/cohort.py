@@ -34,8 +34,14 @@ def participants_table(n: int, seed: int) -> pd.DataFrame:
         flip = np.random.default_rng([seed, 1, i // 2]).integers(2)  # HC/HH order within a pair
         rng = np.random.default_rng([seed, 2, i])
         group, age, sex = ("HC", "HH")[(i + flip) % 2], rng.integers(30, 76), rng.choice(["M", "F"])
-        rows.append({"participant_id": f"sub-{i + 1:0{width}d}", "group": group,
-                     "age": int(age), "sex": str(sex)})  # fmt: skip
+        rows.append(
+            {
+                "participant_id": f"sub-{i + 1:0{width}d}",
+                "group": group,
+                "age": int(age),
+                "sex": str(sex),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -81,8 +87,12 @@ def simulate_participant(
         session: simulate_scan(phantom, chi, r2s, pose, settings["gre_voxel_mm"], t1w_on_gre, rng)
         for session, pose in poses.items()
     }
-    record = {**row._asdict(), "age": int(row.age), "effect_factor": factor,
-              "t1w_grid": "gre" if t1w_on_gre else "separate",
-              "regional_values": dict(zip(SEGMENTS[1:], values.tolist(), strict=True)),
-              "scans": [{"session": s or None, **pose} for s, pose in poses.items()]}  # fmt: skip
+    record = {
+        **row._asdict(),
+        "age": int(row.age),
+        "effect_factor": factor,
+        "t1w_grid": "gre" if t1w_on_gre else "separate",
+        "regional_values": dict(zip(SEGMENTS[1:], values.tolist(), strict=True)),
+        "scans": [{"session": s or None, **pose} for s, pose in poses.items()],
+    }
     return scans, record

@@ -111,9 +111,16 @@ def make_demo_dataset(
     """
     out_dir = Path(out_dir).absolute()
     truth_dir = Path(truth_dir or out_dir.with_name(out_dir.name + "_truth")).absolute()
-    settings = {"seed": seed, "n_participants": n_participants, "iron_effect": iron_effect,
-                "planted_regions": list(planted_regions), "gre_voxel_mm": list(gre_voxel_mm),
-                "t1w_grid": t1w_grid, "resolution": resolution, "sessions": sessions}  # fmt: skip
+    settings = {
+        "seed": seed,
+        "n_participants": n_participants,
+        "iron_effect": iron_effect,
+        "planted_regions": list(planted_regions),
+        "gre_voxel_mm": list(gre_voxel_mm),
+        "t1w_grid": t1w_grid,
+        "resolution": resolution,
+        "sessions": sessions,
+    }
     labels = _check_settings(settings)
     _prepare_out_dir(out_dir, truth_dir, overwrite)
     phantom = build_phantom(float(resolution))
@@ -136,8 +143,16 @@ def make_demo_dataset(
     write_dataset_files(out_dir, table)
     truth_dir.mkdir(parents=True, exist_ok=True)
     box = [phantom.head.min(0).tolist(), phantom.head.max(0).tolist()]
-    write_json(truth_dir / "truth.json", {"bids_dir": str(out_dir), "settings": settings,
-               "warp_box_mm": box, "conventions": CONVENTIONS, "participants": truth})  # fmt: skip
+    write_json(
+        truth_dir / "truth.json",
+        {
+            "bids_dir": str(out_dir),
+            "settings": settings,
+            "warp_box_mm": box,
+            "conventions": CONVENTIONS,
+            "participants": truth,
+        },
+    )
     return DemoInfo(out_dir, truth_dir / "truth.json", table)
 
 
@@ -146,11 +161,14 @@ def _check_settings(s: dict) -> list[int]:
     atlas = load_reference().labels
     unknown = [r for r in s["planted_regions"] if r not in atlas]
     checks = {
-        "n_participants": s["n_participants"] >= 1, "sessions": s["sessions"] >= 1,
-        "iron_effect": s["iron_effect"] >= 0, "seed": s["seed"] >= 0,
-        "resolution": 0.5 <= s["resolution"] <= 4, "t1w_grid": s["t1w_grid"] in T1W_GRIDS,
+        "n_participants": s["n_participants"] >= 1,
+        "sessions": s["sessions"] >= 1,
+        "iron_effect": s["iron_effect"] >= 0,
+        "seed": s["seed"] >= 0,
+        "resolution": 0.5 <= s["resolution"] <= 4,
+        "t1w_grid": s["t1w_grid"] in T1W_GRIDS,
         "gre_voxel_mm": len(s["gre_voxel_mm"]) == 3 and min(s["gre_voxel_mm"]) > 0,
-    }  # fmt: skip
+    }
     for name, good in checks.items():
         if not good:
             raise UsageError(f"invalid {name} {s[name]!r}; see bids_qnet-demo --help")

@@ -109,8 +109,16 @@ def registration_qc(
         image = np.asarray(image, dtype=np.float32)
         vmin, vmax = robust_window(image, mask)
         label = f"{name}\n[{vmin:.3g}, {vmax:.3g}]"
-        axes[row, 0].text(-0.06, 0.5, label, transform=axes[row, 0].transAxes, rotation=90,
-                          ha="right", va="center", fontsize=9)  # fmt: skip
+        axes[row, 0].text(
+            -0.06,
+            0.5,
+            label,
+            transform=axes[row, 0].transAxes,
+            rotation=90,
+            ha="right",
+            va="center",
+            fontsize=9,
+        )
         for col, (plane, index) in enumerate(views):
             _panel(axes[row, col], plane, index, image, (vmin, vmax), outlines, lower, upper, zooms)
             if row == 0:
@@ -125,8 +133,14 @@ def registration_qc(
     if title:
         fig.suptitle(title, fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
     fig_w, fig_h = fig.get_size_inches()
-    fig.subplots_adjust(left=0.9 / fig_w, right=0.995, bottom=0.45 / fig_h, top=1 - header / fig_h,
-                        wspace=0.03, hspace=0.06)  # fmt: skip
+    fig.subplots_adjust(
+        left=0.9 / fig_w,
+        right=0.995,
+        bottom=0.45 / fig_h,
+        top=1 - header / fig_h,
+        wspace=0.03,
+        hspace=0.06,
+    )
     return _save(fig, Path(out_path))
 
 
@@ -195,8 +209,9 @@ def slice_montage(
     caption = f"{n_slices} slices, inferior to superior; anterior at the top of each panel"
     fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=9)
     fig_w, fig_h = fig.get_size_inches()
-    fig.subplots_adjust(left=1.2 / fig_w, right=0.995, bottom=0.02, top=1 - 0.6 / fig_h,
-                        wspace=0.04, hspace=0.08)  # fmt: skip
+    fig.subplots_adjust(
+        left=1.2 / fig_w, right=0.995, bottom=0.02, top=1 - 0.6 / fig_h, wspace=0.04, hspace=0.08
+    )
     return _save(fig, Path(out_path))
 
 
@@ -263,18 +278,40 @@ def _panel(ax, plane: str, index: int, image, window, outlines, lower, upper, zo
     shape = image.shape
     extent = (0.0, shape[h_axis] * zooms[h_axis], 0.0, shape[v_axis] * zooms[v_axis])
     cut = np.nan_to_num(np.take(image, index, axis=normal).T)  # rows: vertical axis
-    ax.imshow(cut, cmap="gray", vmin=window[0], vmax=window[1], origin="lower", extent=extent,
-              interpolation="nearest")  # fmt: skip
+    ax.imshow(
+        cut,
+        cmap="gray",
+        vmin=window[0],
+        vmax=window[1],
+        origin="lower",
+        extent=extent,
+        interpolation="nearest",
+    )
     xs, ys = ((np.arange(shape[a]) + 0.5) * zooms[a] for a in (h_axis, v_axis))
     for volume, level, colour, width in outlines:
-        ax.contour(xs, ys, np.take(volume, index, axis=normal).T, levels=[level], colors=colour,
-                   linewidths=width)  # fmt: skip
+        ax.contour(
+            xs,
+            ys,
+            np.take(volume, index, axis=normal).T,
+            levels=[level],
+            colors=colour,
+            linewidths=width,
+        )
     if lower[normal] <= index < upper[normal]:
         corner = (lower[h_axis] * zooms[h_axis], lower[v_axis] * zooms[v_axis])
         width = (upper[h_axis] - lower[h_axis]) * zooms[h_axis]
         height = (upper[v_axis] - lower[v_axis]) * zooms[v_axis]
-        ax.add_patch(Rectangle(corner, width, height, fill=False, edgecolor=BOX_COLOUR,
-                               linestyle="--", linewidth=1.0))  # fmt: skip
+        ax.add_patch(
+            Rectangle(
+                corner,
+                width,
+                height,
+                fill=False,
+                edgecolor=BOX_COLOUR,
+                linestyle="--",
+                linewidth=1.0,
+            )
+        )
     _orientation_labels(ax, plane)
     ax.set_xlim(extent[:2])
     ax.set_ylim(extent[2:])

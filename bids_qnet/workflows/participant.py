@@ -93,53 +93,93 @@ def init_participant_wf(
     prep.inputs.nthreads = 1
 
     coreg = _node(_coregister, ["transforms", "info"], "coregister", n_procs=threads, mem_gb=1.5)
-    coreg.inputs.trait_set(reference_channel=options["reference_channel"],
-                           profile=options["profile"], seed=seed, nthreads=threads)  # fmt: skip
+    coreg.inputs.trait_set(
+        reference_channel=options["reference_channel"],
+        profile=options["profile"],
+        seed=seed,
+        nthreads=threads,
+    )
 
     norm = _node(_normalise, ["xfm", "info"], "normalise", n_procs=threads, mem_gb=3.0)
-    norm.inputs.trait_set(reference_channel=options["reference_channel"],
-                          template=options["template_file"], mask=options["mask_file"],
-                          profile=options["profile"], seed=seed, nthreads=threads)  # fmt: skip
+    norm.inputs.trait_set(
+        reference_channel=options["reference_channel"],
+        template=options["template_file"],
+        mask=options["mask_file"],
+        profile=options["profile"],
+        seed=seed,
+        nthreads=threads,
+    )
 
     resample = _node(_resample, ["registered", "info"], "resample", n_procs=threads, mem_gb=2.0)
     resample.inputs.trait_set(template=options["template_file"], nthreads=threads)
 
     crop = _node(_crop, ["cropped", "stack", "info"], "crop", n_procs=1, mem_gb=1.5)
-    crop.inputs.trait_set(mask=options["mask_file"], atlas=options["atlas_file"],
-                          region_indices=options["region_indices"], crop_mode=options["crop"],
-                          margin_mm=options["crop_margin_mm"])  # fmt: skip
+    crop.inputs.trait_set(
+        mask=options["mask_file"],
+        atlas=options["atlas_file"],
+        region_indices=options["region_indices"],
+        crop_mode=options["crop"],
+        margin_mm=options["crop_margin_mm"],
+    )
 
     embed = _node(_embed, ["embeddings", "info"], "embed", n_procs=threads, mem_gb=2.0)
-    embed.inputs.trait_set(weights=options["embedding_weights"], image_size=options["image_size"],
-                           batch_size=options["embedding_batch_size"], device=options["device"],
-                           seed=seed, nthreads=threads)  # fmt: skip
+    embed.inputs.trait_set(
+        weights=options["embedding_weights"],
+        image_size=options["image_size"],
+        batch_size=options["embedding_batch_size"],
+        device=options["device"],
+        seed=seed,
+        nthreads=threads,
+    )
 
-    sink_inputs = ["output_dir", "bids_dir", "subject", "session", "sources", "options",
-                   "prep_info", "coreg", "coreg_info", "xfm", "norm_info", "registered",
-                   "resample_info", "cropped", "stack_path", "crop_info", "embeddings_path",
-                   "embed_info"]  # fmt: skip
+    sink_inputs = [
+        "output_dir",
+        "bids_dir",
+        "subject",
+        "session",
+        "sources",
+        "options",
+        "prep_info",
+        "coreg",
+        "coreg_info",
+        "xfm",
+        "norm_info",
+        "registered",
+        "resample_info",
+        "cropped",
+        "stack_path",
+        "crop_info",
+        "embeddings_path",
+        "embed_info",
+    ]
     sink = _node(_sink, ["written"], "sink", inputs=sink_inputs, n_procs=1, mem_gb=1.5)
     sink.overwrite = True  # always (re)write the outputs, even when every input is cached
-    sink.inputs.trait_set(output_dir=options["output_dir"], bids_dir=options["bids_dir"],
-                          subject=inputs.subject, session=inputs.session,
-                          sources={s: str(p) for s, p in inputs.channels.items()},
-                          options={**options, "input_info": options["input_info"][inputs.name]})  # fmt: skip
+    sink.inputs.trait_set(
+        output_dir=options["output_dir"],
+        bids_dir=options["bids_dir"],
+        subject=inputs.subject,
+        session=inputs.session,
+        sources={s: str(p) for s, p in inputs.channels.items()},
+        options={**options, "input_info": options["input_info"][inputs.name]},
+    )
 
-    wf.connect([
-        (prep, coreg, [("prepared", "prepared")]),
-        (prep, norm, [("prepared", "prepared")]),
-        (prep, resample, [("prepared", "prepared")]),
-        (coreg, resample, [("transforms", "coreg")]),
-        (norm, resample, [("xfm", "xfm")]),
-        (resample, crop, [("registered", "registered")]),
-        (crop, embed, [("stack", "stack_path")]),
-        (prep, sink, [("info", "prep_info")]),
-        (coreg, sink, [("transforms", "coreg"), ("info", "coreg_info")]),
-        (norm, sink, [("xfm", "xfm"), ("info", "norm_info")]),
-        (resample, sink, [("registered", "registered"), ("info", "resample_info")]),
-        (crop, sink, [("cropped", "cropped"), ("stack", "stack_path"), ("info", "crop_info")]),
-        (embed, sink, [("embeddings", "embeddings_path"), ("info", "embed_info")]),
-    ])  # fmt: skip
+    wf.connect(
+        [
+            (prep, coreg, [("prepared", "prepared")]),
+            (prep, norm, [("prepared", "prepared")]),
+            (prep, resample, [("prepared", "prepared")]),
+            (coreg, resample, [("transforms", "coreg")]),
+            (norm, resample, [("xfm", "xfm")]),
+            (resample, crop, [("registered", "registered")]),
+            (crop, embed, [("stack", "stack_path")]),
+            (prep, sink, [("info", "prep_info")]),
+            (coreg, sink, [("transforms", "coreg"), ("info", "coreg_info")]),
+            (norm, sink, [("xfm", "xfm"), ("info", "norm_info")]),
+            (resample, sink, [("registered", "registered"), ("info", "resample_info")]),
+            (crop, sink, [("cropped", "cropped"), ("stack", "stack_path"), ("info", "crop_info")]),
+            (embed, sink, [("embeddings", "embeddings_path"), ("info", "embed_info")]),
+        ]
+    )
     execution = {"crashdump_dir": str(crash_dir), "crashfile_format": "txt"}
     for node_name in wf.list_node_names():
         wf.get_node(node_name).config = {"execution": dict(execution)}

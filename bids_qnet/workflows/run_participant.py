@@ -7,7 +7,6 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from bids_qnet import bids_io
@@ -70,15 +69,23 @@ def run_participant_level(settings: Settings) -> int:
     for subject in subjects:
         sessions = bids_io.select_sessions(layout, subject, settings.session_label)
         if not sessions:
-            problems.append(bids_io.Problem(subject, None, NothingSelectedError(
-                f"no session {settings.session_label} for this participant")))  # fmt: skip
+            problems.append(
+                bids_io.Problem(
+                    subject,
+                    None,
+                    NothingSelectedError(
+                        f"no session {settings.session_label} for this participant"
+                    ),
+                )
+            )
         for session in sessions:
             try:
                 inputs = bids_io.find_channels(
                     layout, subject, session, settings.channels, settings.bids_filters
                 )
                 options["input_info"][inputs.name] = {
-                    s: {"file": p.name, **bids_io.check_image(p)} for s, p in inputs.channels.items()
+                    s: {"file": p.name, **bids_io.check_image(p)}
+                    for s, p in inputs.channels.items()
                 }
             except QNetError as exc:
                 problems.append(bids_io.Problem(subject, session, exc))
@@ -88,8 +95,9 @@ def run_participant_level(settings: Settings) -> int:
                 continue
             todo.append(inputs)
     if skipped:
-        LOGGER.info("already complete with these settings (use --overwrite to redo): %s",
-                    ", ".join(skipped))  # fmt: skip
+        LOGGER.info(
+            "already complete with these settings (use --overwrite to redo): %s", ", ".join(skipped)
+        )
     if todo:
         _run_workflow(settings, todo, options)
         problems += _collect_failures(settings, todo, options)
@@ -112,11 +120,26 @@ def workflow_options(settings: Settings, profile: dict, reference, indices: dict
         "run_id": settings.run_id,
         "command_line": " ".join(["bids_qnet", *sys.argv[1:]]),
         "input_info": {},
-        **{k: v for k, v in settings.to_dict().items() if k in (
-            "channels", "reference_channel", "crop", "crop_regions", "crop_margin_mm",
-            "template_resolution", "embedding_weights", "embedding_batch_size", "image_size",
-            "device", "random_seed", "omp_nthreads")},
-    }  # fmt: skip
+        **{
+            k: v
+            for k, v in settings.to_dict().items()
+            if k
+            in (
+                "channels",
+                "reference_channel",
+                "crop",
+                "crop_regions",
+                "crop_margin_mm",
+                "template_resolution",
+                "embedding_weights",
+                "embedding_batch_size",
+                "image_size",
+                "device",
+                "random_seed",
+                "omp_nthreads",
+            )
+        },
+    }
 
 
 def prepare_reference_files(settings: Settings, reference) -> dict[str, str]:
@@ -144,23 +167,30 @@ def prepare_reference_files(settings: Settings, reference) -> dict[str, str]:
     }
     if not all(p.is_file() for p in paths.values()):
         template = template_on_grid(reference, settings.template_resolution)
-        images = {"template_file": template, "mask_file": brain_mask(template),
-                  "atlas_file": atlas_on_grid(reference, template)}  # fmt: skip
+        images = {
+            "template_file": template,
+            "mask_file": brain_mask(template),
+            "atlas_file": atlas_on_grid(reference, template),
+        }
         for key, image in images.items():
             write_atomic(paths[key], lambda tmp, im=image: ants.image_write(im, str(tmp)))
     root = settings.output_dir
     dseg = root / f"space-{reference.space}_atlas-{reference.atlas_name}_res-{res}_dseg.nii.gz"
     if not dseg.is_file():
         write_atomic(dseg, lambda tmp: tmp.write_bytes(paths["atlas_file"].read_bytes()))
-    table = pd.DataFrame({"index": list(reference.labels.values()),
-                          "name": list(reference.labels)})  # fmt: skip
+    table = pd.DataFrame({"index": list(reference.labels.values()), "name": list(reference.labels)})
     labels_tsv = root / f"atlas-{reference.atlas_name}_dseg.tsv"
     write_atomic(labels_tsv, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
-    atlas_meta = {"Name": reference.atlas_name, "Description": reference.atlas_source,
-                  "SpatialReference": reference.space}  # fmt: skip
+    atlas_meta = {
+        "Name": reference.atlas_name,
+        "Description": reference.atlas_source,
+        "SpatialReference": reference.space,
+    }
     write_json(root / f"atlas-{reference.atlas_name}_description.json", atlas_meta)
-    write_json(sidecar_path(dseg), {**atlas_meta, "Resolution": f"{res} mm isotropic",
-                                    "Sources": [reference.template_source]})  # fmt: skip
+    write_json(
+        sidecar_path(dseg),
+        {**atlas_meta, "Resolution": f"{res} mm isotropic", "Sources": [reference.template_source]},
+    )
     return {key: str(path) for key, path in paths.items()}
 
 
@@ -186,7 +216,11 @@ def _run_workflow(settings: Settings, todo: list, options: dict) -> None:
         save_settings(settings.output_dir, inputs.subject, inputs.session, settings)
     workflow = init_bids_qnet_wf(todo, options, settings.work_dir)
     workflow.config["execution"].update(
-        {"crashfile_format": "txt", "stop_on_first_crash": False, "remove_unnecessary_outputs": False}
+        {
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "remove_unnecessary_outputs": False,
+        }
     )
     plugin_args = dict(settings.plugin_settings)
     if settings.plugin == "MultiProc":
@@ -196,8 +230,12 @@ def _run_workflow(settings: Settings, todo: list, options: dict) -> None:
         plugin_args.setdefault("mp_context", "forkserver")
         if settings.mem_gb:
             plugin_args.setdefault("memory_gb", settings.mem_gb)
-    LOGGER.info("processing %d participant(s) with nipype %s: %s", len(todo), settings.plugin,
-                ", ".join(i.name for i in todo))  # fmt: skip
+    LOGGER.info(
+        "processing %d participant(s) with nipype %s: %s",
+        len(todo),
+        settings.plugin,
+        ", ".join(i.name for i in todo),
+    )
     start = time.perf_counter()
     try:
         workflow.run(plugin=settings.plugin, plugin_args=plugin_args)
@@ -232,8 +270,12 @@ def _summarise(settings: Settings, todo: list, skipped: list, problems: list) ->
     problems = sorted(problems, key=lambda p: (p.subject, p.session or ""))
     failed = {(p.subject, p.session) for p in problems}
     done = [i.name for i in todo if (i.subject, i.session) not in failed]
-    LOGGER.info("participant level: %d processed, %d already complete, %d failed",
-                len(done), len(skipped), len(problems))  # fmt: skip
+    LOGGER.info(
+        "participant level: %d processed, %d already complete, %d failed",
+        len(done),
+        len(skipped),
+        len(problems),
+    )
     for problem in problems:
         print(f"bids_qnet: error: {problem.line()}", file=sys.stderr)
     if not problems:

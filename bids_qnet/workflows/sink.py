@@ -23,6 +23,8 @@ from bids_qnet.derivatives import (
 )
 
 CROP_DESC = {"bg": "bgcrop", "full": "brain"}
+# Below this the QC figure deserves a look; the profile's failure threshold is lower.
+WARN_BRAIN_CORRELATION = 0.8
 
 
 def resolution_label(resolution: float) -> str:
@@ -92,17 +94,38 @@ def write_outputs(
 
     ref = options["reference_channel"]
     space = options["space"]
-    xfm_meta = {"Description": "ANTs composite transform (affine + SyN)", "Sources": [uris[ref]],
-                "Software": "ANTs (antspyx)", **norm_info}  # fmt: skip
-    copy(xfm["composite"], {"sub": subject, "ses": session, "from": ref, "to": space,
-                            "mode": "image"}, "xfm", ".h5", xfm_meta)  # fmt: skip
-    copy(xfm["inverse_composite"], {"sub": subject, "ses": session, "from": space, "to": ref,
-                                    "mode": "image"}, "xfm", ".h5", xfm_meta)  # fmt: skip
+    xfm_meta = {
+        "Description": "ANTs composite transform (affine + SyN)",
+        "Sources": [uris[ref]],
+        "Software": "ANTs (antspyx)",
+        **norm_info,
+    }
+    copy(
+        xfm["composite"],
+        {"sub": subject, "ses": session, "from": ref, "to": space, "mode": "image"},
+        "xfm",
+        ".h5",
+        xfm_meta,
+    )
+    copy(
+        xfm["inverse_composite"],
+        {"sub": subject, "ses": session, "from": space, "to": ref, "mode": "image"},
+        "xfm",
+        ".h5",
+        xfm_meta,
+    )
     for moving, transforms in _unique_coregistrations(coreg, coreg_info).items():
-        meta = {"Sources": [uris[moving], uris[ref]], **{k: v for k, v in coreg_info.items()
-                                                        if k != "Seconds"}}  # fmt: skip
-        copy(transforms[0], {"sub": subject, "ses": session, "from": moving, "to": ref,
-                             "mode": "image"}, "xfm", ".mat", meta)  # fmt: skip
+        meta = {
+            "Sources": [uris[moving], uris[ref]],
+            **{k: v for k, v in coreg_info.items() if k != "Seconds"},
+        }
+        copy(
+            transforms[0],
+            {"sub": subject, "ses": session, "from": moving, "to": ref, "mode": "image"},
+            "xfm",
+            ".mat",
+            meta,
+        )
 
     resolution = f"{options['template_resolution']:g} mm isotropic, the template grid"
     for suffix, path in registered.items():
@@ -115,20 +138,28 @@ def write_outputs(
             "NonFiniteVoxelsSetToZero": prep_info["NonFiniteVoxels"][suffix],
         }
         copy(path, {**base}, suffix, ".nii.gz", meta)
-        crop_meta = {**meta, "Description": f"{suffix} in {space}, cropped to the {desc} box",
-                     "CropBox": crop_info["Box"], "CropBoxMillimetres":
-                     crop_info["BoxMillimetres"], "Regions": options["crop_regions"]
-                     if options["crop"] == "bg" else "brain"}  # fmt: skip
+        crop_meta = {
+            **meta,
+            "Description": f"{suffix} in {space}, cropped to the {desc} box",
+            "CropBox": crop_info["Box"],
+            "CropBoxMillimetres": crop_info["BoxMillimetres"],
+            "Regions": options["crop_regions"] if options["crop"] == "bg" else "brain",
+        }
         copy(cropped[suffix], {**base, "desc": desc}, suffix, ".nii.gz", crop_meta)
 
     timings = {
-        "prepare": prep_info["Seconds"], "coregister": coreg_info["Seconds"],
-        "normalise": norm_info["Seconds"], "resample": resample_info["Seconds"],
-        "crop": crop_info["Seconds"], "embed": embed_info["Seconds"],
-    }  # fmt: skip
+        "prepare": prep_info["Seconds"],
+        "coregister": coreg_info["Seconds"],
+        "normalise": norm_info["Seconds"],
+        "resample": resample_info["Seconds"],
+        "crop": crop_info["Seconds"],
+        "embed": embed_info["Seconds"],
+    }
     stack_meta = {
-        "Sources": [f"bids::{build_path({**base, 'desc': desc}, s, '.nii.gz').as_posix()}"
-                    for s in registered],
+        "Sources": [
+            f"bids::{build_path({**base, 'desc': desc}, s, '.nii.gz').as_posix()}"
+            for s in registered
+        ],
         "Description": "axial slices (S, C, H, W), inferior to superior, channels stacked like RGB",
         "Channels": list(registered),
         "Crop": options["crop"],
@@ -159,8 +190,15 @@ def _unique_coregistrations(coreg: dict[str, list[str]], info: dict) -> dict[str
     return {via[s]: xfms for s, xfms in coreg.items() if xfms and via.get(s) == s}
 
 
-def _figures(out: Path, subject: str, session: str | None, options: dict,
-             registered: dict[str, str], stack_path: Path, crop_info: dict) -> list[Path]:  # fmt: skip
+def _figures(
+    out: Path,
+    subject: str,
+    session: str | None,
+    options: dict,
+    registered: dict[str, str],
+    stack_path: Path,
+    crop_info: dict,
+) -> list[Path]:
     import nibabel as nib
 
     from bids_qnet.reports.figures import registration_qc, slice_montage
@@ -171,26 +209,35 @@ def _figures(out: Path, subject: str, session: str | None, options: dict,
     arrays = {s: np.asarray(nib.load(p).dataobj) for s, p in registered.items()}
     box = crop_info["Box"]
     qc = registration_qc(
-        np.asarray(template.dataobj), arrays, tuple(box["lower"]), tuple(box["upper"]),
+        np.asarray(template.dataobj),
+        arrays,
+        tuple(box["lower"]),
+        tuple(box["upper"]),
         folder / f"{stem}_space-{options['space']}_desc-registration_qc.png",
         zooms=tuple(float(z) for z in template.header.get_zooms()[:3]),
         title=f"{stem}: registered channels, template outline, crop box",
-    )  # fmt: skip
+    )
     montage = slice_montage(
-        np.load(stack_path, mmap_mode="r"), list(registered),
+        np.load(stack_path, mmap_mode="r"),
+        list(registered),
         folder / f"{stem}_desc-{CROP_DESC[options['crop']]}_slices.png",
         title=f"{stem}: slice stack (inferior to superior)",
-    )  # fmt: skip
+    )
     return [qc, montage]
 
 
 def _warnings(prep_info: dict, norm_info: dict) -> list[str]:
-    notes = [f"{n} non-finite (NaN/Inf) voxels in {s} were set to zero"
-             for s, n in prep_info["NonFiniteVoxels"].items() if n]  # fmt: skip
-    overlap = norm_info.get("Quality", {}).get("mask_overlap")
-    if overlap is not None and overlap < 0.8:
-        notes.append(f"registered brain/template mask overlap is {overlap:.2f}: check the QC "
-                     "figure (skull or neck in the reference image lowers it)")  # fmt: skip
+    notes = [
+        f"{n} non-finite (NaN/Inf) voxels in {s} were set to zero"
+        for s, n in prep_info["NonFiniteVoxels"].items()
+        if n
+    ]
+    correlation = norm_info.get("Quality", {}).get("brain_correlation")
+    if correlation is not None and correlation < WARN_BRAIN_CORRELATION:
+        notes.append(
+            f"registered reference/template correlation in the brain is {correlation:.2f}"
+            f" (< {WARN_BRAIN_CORRELATION}): check the registration QC figure"
+        )
     return notes
 
 
@@ -200,19 +247,31 @@ def _summary(options, prep_info, coreg_info, norm_info, stack_meta, embed_meta) 
         "RunID": options["run_id"],
         "CommandLine": options.get("command_line", ""),
         "Inputs": options.get("input_info", {}),
-        "Non-finite voxels set to zero": prep_info["NonFiniteVoxels"],
         "Co-registration": {k: v for k, v in coreg_info.items() if k != "Seconds"},
-        "Normalisation": {"Profile": options["registration_profile"],
-                          **{k: v for k, v in norm_info.items() if k != "Seconds"}},  # fmt: skip
-        "Crop": {k: stack_meta[k] for k in ("Crop", "Atlas", "Regions", "Box", "BoxMillimetres",
-                                            "Shape", "IntensityWindows")},  # fmt: skip
+        "Normalisation": {
+            "Profile": options["registration_profile"],
+            **{k: v for k, v in norm_info.items() if k != "Seconds"},
+        },
+        "Crop": {
+            k: stack_meta[k]
+            for k in (
+                "Crop",
+                "Atlas",
+                "Regions",
+                "Box",
+                "BoxMillimetres",
+                "Shape",
+                "IntensityWindows",
+            )
+        },
         "Embedding": {k: embed_meta[k] for k in ("Weights", "WeightsSHA256", "Device", "Shape")},
         "Step timings (s)": embed_meta["StepSeconds"],
     }
 
 
-def _report(out: Path, subject: str, session: str | None, summary: dict,
-            figures: list[Path]) -> Path:  # fmt: skip
+def _report(
+    out: Path, subject: str, session: str | None, summary: dict, figures: list[Path]
+) -> Path:
     from bids_qnet.reports.participant import write_participant_report
 
     stem = f"sub-{subject}" + (f"_ses-{session}" if session else "")

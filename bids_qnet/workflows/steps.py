@@ -69,9 +69,12 @@ def coregister(
             continue
         moving = registration.pick_coregistration_channel(group)
         xfms = registration.coregister(
-            images[reference_channel], images[moving], profile["coregistration"],
-            str(Path.cwd() / f"coreg_{moving}_"), seed,
-        )  # fmt: skip
+            images[reference_channel],
+            images[moving],
+            profile["coregistration"],
+            str(Path.cwd() / f"coreg_{moving}_"),
+            seed,
+        )
         for suffix in group:
             transforms[suffix] = xfms
             moved[suffix] = moving
@@ -103,7 +106,9 @@ def normalise(
     quality = registration.quality(warped, template_img, mask_img)
     registration.check_quality(quality, profile["quality"], Path(reference_image).name)
     info = {
-        "TransformType": xfm.get("type_of_transform", profile["normalisation"]["type_of_transform"]),
+        "TransformType": xfm.get(
+            "type_of_transform", profile["normalisation"]["type_of_transform"]
+        ),
         "Quality": quality,
         "Seconds": round(time.perf_counter() - start, 2),
     }
@@ -111,9 +116,12 @@ def normalise(
 
 
 def resample(
-    prepared: dict[str, str], coreg: dict[str, list[str]], xfm: dict[str, Any], template: str,
+    prepared: dict[str, str],
+    coreg: dict[str, list[str]],
+    xfm: dict[str, Any],
+    template: str,
     nthreads: int,
-) -> tuple[dict[str, str], dict[str, Any]]:  # fmt: skip
+) -> tuple[dict[str, str], dict[str, Any]]:
     """Resample every channel once onto the template grid with the composed transforms."""
     import ants
 
@@ -133,9 +141,13 @@ def resample(
 
 
 def crop(
-    registered: dict[str, str], mask: str, atlas: str, region_indices: dict[str, int],
-    crop_mode: str, margin_mm: float,
-) -> tuple[dict[str, str], str, dict[str, Any]]:  # fmt: skip
+    registered: dict[str, str],
+    mask: str,
+    atlas: str,
+    region_indices: dict[str, int],
+    crop_mode: str,
+    margin_mm: float,
+) -> tuple[dict[str, str], str, dict[str, Any]]:
     """Cut the box, stretch intensities per channel and build the (S, C, H, W) slice stack."""
     import nibabel as nib
 
@@ -158,8 +170,12 @@ def crop(
         data = np.asarray(image.dataobj, dtype=np.float32)
         setting = channel_defaults(suffix)["intensity"]
         low, high = cropping.intensity_window(data, brain, setting["method"], setting["range"])
-        windows[suffix] = {"method": setting["method"], "parameters": setting["range"],
-                           "low": float(low), "high": float(high)}  # fmt: skip
+        windows[suffix] = {
+            "method": setting["method"],
+            "parameters": setting["range"],
+            "low": float(low),
+            "high": float(high),
+        }
         volumes.append(cropping.stretch(data, low, high))
         out = Path.cwd() / f"{suffix}_crop.nii.gz"
         nib.save(image.slicer[box.slices], out)
@@ -180,9 +196,14 @@ def crop(
 
 
 def embed(
-    stack_path: str, weights: str, image_size: int, batch_size: int, device: str, seed: int,
+    stack_path: str,
+    weights: str,
+    image_size: int,
+    batch_size: int,
+    device: str,
+    seed: int,
     nthreads: int,
-) -> tuple[str, dict[str, Any]]:  # fmt: skip
+) -> tuple[str, dict[str, Any]]:
     """Embed every slice with ResNet18 (512-d after global average pooling)."""
     from bids_qnet import embed as embedding
 
@@ -210,5 +231,7 @@ def embed(
 def _box_mm(box, affine: np.ndarray) -> dict[str, list[float]]:
     lower = affine @ np.array([*box.lower, 1.0])
     upper = affine @ np.array([*(u - 1 for u in box.upper), 1.0])
-    return {"lower": [round(float(v), 2) for v in lower[:3]],
-            "upper": [round(float(v), 2) for v in upper[:3]]}  # fmt: skip
+    return {
+        "lower": [round(float(v), 2) for v in lower[:3]],
+        "upper": [round(float(v), 2) for v in upper[:3]],
+    }
