@@ -93,7 +93,7 @@ def normalise(
     """Register the reference channel to the template (affine + SyN) and check the result."""
     import ants
 
-    from bids_qnet import registration
+    from bids_qnet import registration, registration_quality
 
     set_threads(nthreads)
     start = time.perf_counter()
@@ -103,8 +103,8 @@ def normalise(
         moving, template_img, mask_img, profile["normalisation"], str(Path.cwd() / "norm_"), seed
     )
     warped = registration.to_template(moving, template_img, xfm["forward"])
-    quality = registration.quality(warped, template_img, mask_img)
-    registration.check_quality(quality, profile["quality"], Path(reference_image).name)
+    quality = registration_quality.quality(warped, template_img, mask_img)
+    registration_quality.check_quality(quality, profile["quality"], Path(reference_image).name)
     info = {
         "TransformType": xfm.get(
             "type_of_transform", profile["normalisation"]["type_of_transform"]

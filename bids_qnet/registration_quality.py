@@ -1,0 +1,128 @@
+"""Quality of a registration to the template: metrics and the profile's gate."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bids_qnet.errors import InputDataError, RegistrationError, UsageError
+from bids_qnet.registration import same_grid
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ants
+
+logger = logging.getLogger(__name__)
+
+#: Share of the robust maximum (99th percentile) above which a registered voxel counts as
+#: foreground in :func:`quality`'s ``mask_overlap``.
+FOREGROUND_FRACTION = 0.05
+
+
+def quality(
+    registered_reference: ants.ANTsImage,
+    template: ants.ANTsImage,
+    template_mask: ants.ANTsImage,
+) -> dict[str, float]:
+    """Measure how well a registered reference channel matches the template.
+
+    Parameters
+    ----------
+    registered_reference : ants.ANTsImage
+        The reference channel resampled onto the template grid
+        (:func:`bids_qnet.registration.to_template`).
+    template : ants.ANTsImage
+        The template.
+    template_mask : ants.ANTsImage
+        Template brain mask (non-zero inside), on the template grid.
+
+    Returns
+    -------
+    dict of str to float
+        ``brain_correlation``: Pearson r of the two images' intensities inside the mask (NaN when
+        either is constant there); ``abs_brain_correlation``: its absolute value, the gate of the
+        built-in profiles (a QSM reference correlates negatively with a T1w template);
+        ``mask_overlap``: Dice of the registered image's foreground
+        (above :data:`FOREGROUND_FRACTION` of its 99th percentile) and the mask, over the
+        template grid (a T1w with skull scores lower than a brain-extracted one);
+        ``coverage``: share of mask voxels where the registered image holds data (non-zero),
+        low when the subject's field of view misses part of the brain; ``foreground_threshold``:
+        the threshold used; ``mask_voxels``: the mask's size.
+
+    Raises
+    ------
+    InputDataError
+        If the three images are not on one grid, or the mask is empty.
+    """
+    if not (same_grid(registered_reference, template) and same_grid(template, template_mask)):
+        raise InputDataError("quality() needs the registered image, template and mask on one grid")
+    reg = np.nan_to_num(registered_reference.numpy().astype(np.float64), nan=0.0)
+    tpl = np.nan_to_num(template.numpy().astype(np.float64), nan=0.0)
+    mask = template_mask.numpy() > 0.5
+    n_mask = int(mask.sum())
+    if n_mask == 0:
+        raise InputDataError("the template brain mask is empty")
+    a, b = reg[mask], tpl[mask]
+    if a.std() > 0 and b.std() > 0:
+        correlation = float(np.corrcoef(a, b)[0, 1])
+    else:
+        correlation = float("nan")
+    finite = reg[np.isfinite(reg)]
+    robust_max = float(np.percentile(finite, 99)) if finite.size else 0.0
+    threshold = FOREGROUND_FRACTION * robust_max if robust_max > 0 else 0.0
+    foreground = reg > threshold
+    overlap = 2.0 * np.count_nonzero(foreground & mask) / (foreground.sum() + n_mask)
+    coverage = np.count_nonzero(a != 0) / n_mask
+    return {
+        "brain_correlation": correlation,
+        # Contrast may be inverted against a T1w template (QSM: white matter dark), so the
+        # built-in quality gate uses the size of the correlation, not its sign.
+        "abs_brain_correlation": abs(correlation),
+        "mask_overlap": float(overlap),
+        "coverage": float(coverage),
+        "foreground_threshold": float(threshold),
+        "mask_voxels": float(n_mask),
+    }
+
+
+def check_quality(metrics: dict[str, float], profile_quality: dict[str, Any], what: str) -> None:
+    """Raise when a registration's quality falls below the profile's thresholds.
+
+    Every ``min_<metric>`` key of the profile's ``quality`` section is checked against
+    ``metrics[<metric>]`` (``min_abs_brain_correlation`` in the built-in profiles); a NaN metric
+    fails.
+
+    Parameters
+    ----------
+    metrics : dict
+        Output of :func:`quality`.
+    profile_quality : dict
+        The profile's ``quality`` section.
+    what : str
+        What was registered, for the message (e.g. ``"sub-01 T1w -> MNI152NLin2009cAsym"``).
+
+    Raises
+    ------
+    RegistrationError
+        One line naming ``what``, the metric, its value and the threshold.
+    UsageError
+        If the profile sets a threshold for a metric that :func:`quality` does not compute.
+    """
+    for key, threshold in profile_quality.items():
+        if not key.startswith("min_"):
+            continue
+        name = key[len("min_") :]
+        if name not in metrics:
+            raise UsageError(
+                f"registration profile quality key {key!r} names no metric; "
+                f"known: {', '.join('min_' + m for m in sorted(metrics))}"
+            )
+        value = float(metrics[name])
+        if not value >= float(threshold):  # also catches NaN
+            raise RegistrationError(
+                f"registration of {what} failed its quality check: {name} = {value:.3f} "
+                f"is below {key} = {float(threshold):.3f}; inspect the input image or try "
+                "another registration profile"
+            )
+        logger.debug("%s: %s = %.3f (threshold %.3f)", what, name, value, float(threshold))

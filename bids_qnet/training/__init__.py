@@ -1,0 +1,1 @@
+"""Training and inference loops of the Q-Net stages."""

@@ -1,0 +1,337 @@
+"""The group level: cross-validated ResNet, ResNetSWA and Q-Net, then a final model.
+
+Wiring only: the models and training loops live in :mod:`bids_qnet.models` and
+:mod:`bids_qnet.training`, the metrics in :mod:`bids_qnet.metrics`. Every fold writes its
+checkpoints and out-of-fold predictions under ``models/repeat-<r>_fold-<k>/`` and marks itself
+done last, so an interrupted run resumes at the next unfinished fold and ``--fold`` lets a
+cluster run folds as separate jobs that a final call gathers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_qnet import __version__
+from bids_qnet.config import Settings
+from bids_qnet.derivatives import write_atomic, write_json
+from bids_qnet.errors import EXIT_SUCCESS, UsageError
+from bids_qnet.group_inputs import Scan, check_consistent, find_scans
+
+LOGGER = logging.getLogger(__name__)
+CROP_DESC = {"bg": "bgcrop", "full": "brain"}
+MODELS = ("ResNet", "ResNetSWA", "QNet")
+
+
+def run_group_level(settings: Settings) -> int:
+    """Cross-validate the three models, gather the results and train the final model."""
+    from bids_qnet.embed import resolve_device
+    from bids_qnet.labels import load_labels
+    from bids_qnet.training.splits import make_splits, read_splits, write_splits
+
+    device = resolve_device(settings.device)
+    scans = find_scans(settings.output_dir, CROP_DESC[settings.crop])
+    check_consistent(scans)
+    labels, spec, notes = load_labels(
+        settings.bids_dir / "participants.tsv",
+        settings.label_column,
+        settings.classes,
+        settings.positive_class,
+        settings.bins,
+    )
+    for note in notes:
+        LOGGER.warning("left out: %s", note)
+    unlabelled = sorted({s.participant_id for s in scans} - set(labels))
+    if unlabelled:
+        LOGGER.warning("left out, no label in participants.tsv: %s", ", ".join(unlabelled))
+    missing = sorted(set(labels) - {s.participant_id for s in scans})
+    if missing:
+        LOGGER.warning("left out, no participant-level outputs: %s", ", ".join(missing))
+    scans = [s for s in scans if s.participant_id in labels]
+    participants = sorted({s.participant_id for s in scans})
+
+    splits_path = settings.output_dir / "desc-cv_splits.tsv"
+    splits = make_splits(
+        participants,
+        [labels[p] for p in participants],
+        settings.folds,
+        settings.cv_repeats,
+        settings.random_seed,
+    )
+    if splits_path.is_file():
+        previous = read_splits(splits_path)
+        if not _same_splits(previous, splits):
+            raise UsageError(
+                f"{splits_path} holds other splits (participants, folds or seed changed); "
+                "use another output_dir or delete models/ and the splits to start over"
+            )
+    write_splits(splits, splits_path)
+    write_json(settings.output_dir / "desc-cv_labels.json", spec.to_dict())
+
+    folds = sorted(
+        {(int(r), int(f)) for r, f in zip(splits["repeat"], splits["fold"], strict=True)}
+    )
+    if settings.fold is not None:
+        folds = [(r, f) for r, f in folds if f == settings.fold]
+        if not folds:
+            raise UsageError(f"--fold {settings.fold} is not a fold of {splits_path}")
+    n_classes = len(spec.classes)
+    for repeat, fold in folds:
+        run_fold(settings, scans, labels, splits, repeat, fold, n_classes, device)
+    if settings.fold is not None:
+        LOGGER.info("fold %d done; run again without --fold to gather all folds", settings.fold)
+        return EXIT_SUCCESS
+    predictions = gather(settings, splits)
+    final_model(settings, scans, labels, spec, n_classes, device, predictions)
+    return EXIT_SUCCESS
+
+
+def fold_dir(settings: Settings, repeat: int, fold: int) -> Path:
+    """Return the folder of one fold's checkpoints and predictions."""
+    return settings.output_dir / "models" / f"repeat-{repeat}_fold-{fold}"
+
+
+def run_fold(settings, scans, labels, splits, repeat, fold, n_classes, device) -> pd.DataFrame:
+    """Train and evaluate one fold, or read its results when it is already done."""
+    from bids_qnet.training.splits import check_no_leakage, train_test_ids
+
+    folder = fold_dir(settings, repeat, fold)
+    done = folder / "done.json"
+    config = training_config(settings)
+    if done.is_file() and json.loads(done.read_text()).get("config") == config:
+        LOGGER.info("repeat %d fold %d already done", repeat, fold)
+        return pd.read_csv(folder / "predictions.tsv", sep="\t")
+    start = time.perf_counter()
+    train_ids, test_ids = train_test_ids(splits, repeat, fold)
+    check_no_leakage(train_ids, test_ids, f"repeat {repeat} fold {fold}")
+    train = [s for s in scans if s.participant_id in set(train_ids)]
+    test = [s for s in scans if s.participant_id in set(test_ids)]
+    check_no_leakage([s.participant_id for s in train], [s.participant_id for s in test])
+    seed = settings.random_seed + 1000 * repeat + fold
+    LOGGER.info(
+        "repeat %d fold %d: %d training and %d test scans", repeat, fold, len(train), len(test)
+    )
+    fitted = fit_models(settings, train, labels, n_classes, device, seed, folder)
+    rows = predict_scans(settings, fitted, test, labels, n_classes, device, seed)
+    frame = pd.DataFrame(rows).assign(repeat=repeat, fold=fold)
+    write_atomic(folder / "predictions.tsv", lambda tmp: frame.to_csv(tmp, sep="\t", index=False))
+    seconds = round(time.perf_counter() - start, 1)
+    write_json(done, {"config": config, "seconds": seconds, "history": fitted["history"]})
+    LOGGER.info("repeat %d fold %d done in %.1f s", repeat, fold, seconds)
+    return frame
+
+
+def training_config(settings: Settings) -> dict[str, Any]:
+    """Return the settings that define the group-level training (compared on resume)."""
+    keys = (
+        "stage1",
+        "epochs",
+        "qnet_epochs",
+        "embedding_batch_size",
+        "image_size",
+        "embedding_weights",
+        "random_seed",
+        "label_column",
+        "classes",
+        "positive_class",
+        "bins",
+    )
+    return {k: settings.to_dict()[k] for k in keys} | {"version": __version__}
+
+
+def fit_models(settings, train: list[Scan], labels, n_classes, device, seed, folder) -> dict:
+    """Train stage 1 (unless frozen) and stage 2 on the training scans; save checkpoints."""
+    from bids_qnet.training.stage1 import (
+        Stage1Config,
+        embed_slices_with,
+        load_classifier,
+        save_state,
+        train_stage1,
+    )
+    from bids_qnet.training.stage2 import Stage2Config, train_stage2
+
+    y = [labels[s.participant_id] for s in train]
+    fitted: dict[str, Any] = {"history": {}}
+    if settings.stage1 == "train":
+        stacks = [s.load_slices() for s in train]
+        config1 = Stage1Config(
+            epochs=settings.epochs,
+            batch_size=settings.embedding_batch_size,
+            image_size=settings.image_size,
+            weights=settings.embedding_weights,
+            seed=seed,
+            device=str(device),
+        )
+        result = train_stage1(stacks, y, n_classes, config1, progress=_progress("stage 1"))
+        save_state(result.last_state, folder / "ResNet.pt")
+        save_state(result.swa_state, folder / "ResNetSWA.pt")
+        n_channels = stacks[0].shape[1]
+        fitted["ResNet"] = load_classifier(result.last_state, n_channels, n_classes)
+        fitted["ResNetSWA"] = load_classifier(result.swa_state, n_channels, n_classes)
+        fitted["history"]["stage1"] = result.history
+        embeddings = embed_slices_with(
+            fitted["ResNetSWA"], stacks, settings.image_size, settings.embedding_batch_size, device
+        )
+    else:
+        embeddings = [s.load_embeddings() for s in train]
+    config2 = Stage2Config(
+        epochs=settings.qnet_epochs,
+        batch_size=settings.embedding_batch_size,
+        seed=seed,
+        device=str(device),
+    )
+    result2 = train_stage2(embeddings, y, n_classes, config2, progress=_progress("Q-Net"))
+    save_state(result2.state, folder / "QNet.pt")
+    fitted["QNet"] = result2.state
+    fitted["stage2_config"] = config2
+    fitted["history"]["stage2"] = result2.history
+    return fitted
+
+
+def predict_scans(settings, fitted, scans: list[Scan], labels, n_classes, device, seed) -> list:
+    """Return prediction rows (image and scan level) of every fitted model for ``scans``."""
+    from bids_qnet.metrics import scan_scores_from_slices
+    from bids_qnet.training.stage1 import embed_slices_with, predict_slices
+    from bids_qnet.training.stage2 import predict_stage2
+
+    rows: list[dict] = []
+    if "ResNetSWA" in fitted:
+        stacks = [s.load_slices() for s in scans]
+        for name in ("ResNet", "ResNetSWA"):
+            logits = predict_slices(
+                fitted[name], stacks, settings.image_size, settings.embedding_batch_size, device
+            )
+            for scan, slice_logits in zip(scans, logits, strict=True):
+                rows += _rows(scan, labels, name, "image", slice_logits)
+                vote, mean_logits = scan_scores_from_slices(slice_logits)
+                rows += _rows(scan, labels, name, "scan", mean_logits[None], prediction=vote)
+        embeddings = embed_slices_with(
+            fitted["ResNetSWA"], stacks, settings.image_size, settings.embedding_batch_size, device
+        )
+    else:
+        embeddings = [s.load_embeddings() for s in scans]
+    outputs = predict_stage2(fitted["QNet"], embeddings, n_classes, fitted["stage2_config"])
+    for scan, (image_logits, scan_logits) in zip(scans, outputs, strict=True):
+        rows += _rows(scan, labels, "QNet", "image", image_logits)
+        rows += _rows(scan, labels, "QNet", "scan", scan_logits[None])
+    return rows
+
+
+def _rows(scan: Scan, labels, model, level, logits: np.ndarray, prediction=None) -> list[dict]:
+    rows = []
+    for index, row_logits in enumerate(np.asarray(logits, dtype=float)):
+        row = {
+            "participant_id": scan.participant_id,
+            "session": scan.session or "n/a",
+            "label": labels[scan.participant_id],
+            "model": model,
+            "level": level,
+            "slice": index if level == "image" else "n/a",
+            "prediction": int(np.argmax(row_logits)) if prediction is None else int(prediction),
+            "score": float(row_logits[1] - row_logits[0]) if len(row_logits) == 2 else np.nan,
+        }
+        probabilities = np.exp(row_logits - row_logits.max())
+        probabilities /= probabilities.sum()
+        for k, value in enumerate(row_logits):
+            row[f"logit_{k}"] = float(value)
+            row[f"probability_{k}"] = float(probabilities[k])
+        rows.append(row)
+    return rows
+
+
+def gather(settings: Settings, splits: pd.DataFrame) -> pd.DataFrame:
+    """Concatenate every fold's predictions, write them, the metrics and the ROC figures."""
+    from bids_qnet.metrics import summarise
+    from bids_qnet.reports.roc import roc_figure
+
+    frames = []
+    for repeat, fold in sorted(
+        {(int(r), int(f)) for r, f in zip(splits["repeat"], splits["fold"], strict=True)}
+    ):
+        path = fold_dir(settings, repeat, fold) / "predictions.tsv"
+        if not path.is_file():
+            raise UsageError(f"fold {fold} of repeat {repeat} has no results yet ({path})")
+        frames.append(pd.read_csv(path, sep="\t"))
+    predictions = pd.concat(frames, ignore_index=True)
+    out = settings.output_dir
+    write_atomic(
+        out / "desc-oof_predictions.tsv", lambda tmp: predictions.to_csv(tmp, sep="\t", index=False)
+    )
+    metrics = pd.concat(
+        [
+            summarise(predictions[predictions["level"] == level], level)
+            for level in ("image", "scan")
+        ],
+        ignore_index=True,
+    )
+    write_atomic(
+        out / "desc-cv_metrics.tsv", lambda tmp: metrics.to_csv(tmp, sep="\t", index=False)
+    )
+    if predictions["score"].notna().any():
+        for level in ("image", "scan"):
+            subset = predictions[predictions["level"] == level]
+            curves = {
+                m: (g["label"].to_numpy(), g["score"].to_numpy())
+                for m, g in subset.groupby("model", sort=False)
+            }
+            roc_figure(
+                curves,
+                out / "figures" / f"desc-roc{level}_roc.png",
+                title=f"Out-of-fold ROC, {level} level",
+            )
+    LOGGER.info("cross-validation results: %s", out / "desc-cv_metrics.tsv")
+    return predictions
+
+
+def final_model(settings, scans, labels, spec, n_classes, device, predictions) -> Path:
+    """Train on every labelled participant and save the models with a model card."""
+    from bids_qnet.metrics import summarise
+
+    folder = settings.output_dir / "models" / "final"
+    LOGGER.info("training the final model on %d scans", len(scans))
+    fitted = fit_models(settings, scans, labels, n_classes, device, settings.random_seed, folder)
+    pooled = summarise(predictions[predictions["level"] == "scan"], "scan")
+    pooled = pooled[pooled["fold"].astype(str) == "pooled"]
+    card = {
+        "Name": "bids_qnet Q-Net",
+        "Version": __version__,
+        "Classes": list(spec.classes),
+        "Labels": spec.to_dict(),
+        "Channels": settings.channels,
+        "Crop": settings.crop,
+        "TrainingSettings": training_config(settings),
+        "TrainedOn": sorted({s.participant_id for s in scans}),
+        "Models": [m for m in MODELS if (folder / f"{m}.pt").is_file()],
+        "CrossValidatedScanMetrics": pooled.to_dict(orient="records"),
+        "History": fitted["history"],
+    }
+    return write_json(folder / "model_card.json", card)
+
+
+def _same_splits(previous: pd.DataFrame, new: pd.DataFrame) -> bool:
+    columns = ["participant_id", "repeat", "fold"]
+    left = previous[columns].sort_values(columns).reset_index(drop=True)
+    right = new[columns].sort_values(columns).reset_index(drop=True)
+    return left.astype(str).equals(right.astype(str))
+
+
+def _progress(stage: str):
+    def report(entry: dict) -> None:
+        LOGGER.info(
+            "%s epoch %s: %s",
+            stage,
+            entry.get("epoch"),
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in entry.items()
+                if k != "epoch"
+            ),
+        )
+
+    return report
