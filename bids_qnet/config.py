@@ -74,6 +74,16 @@ class Settings:
     embedding_weights: str = "imagenet"
     embedding_batch_size: int = 64
     image_size: int = 224
+    label_column: str = "group"
+    classes: list[str] | None = None
+    positive_class: str | None = None
+    bins: int | None = None
+    folds: int = 10
+    cv_repeats: int = 1
+    fold: int | None = None
+    stage1: str = "train"
+    epochs: int = 100
+    qnet_epochs: int = 50
     overwrite: bool = False
     verbose: int = 0
     run_id: str = field(default_factory=lambda: _new_run_id())

@@ -2,66 +2,26 @@
 
 import json
 import os
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from bids_qnet.cli.run import main
-from bids_qnet.demo import make_demo_dataset
 from bids_qnet.reference import atlas_on_grid, load_reference, template_on_grid
 from bids_qnet.validation import run_validator
 
+from .conftest import OPTIONS, SPACE, STEM, snapshot
+
 pytestmark = pytest.mark.slow
-
-SPACE = "MNI152NLin2009cAsym"
-STEM = f"space-{SPACE}_res-2"
-OPTIONS = [
-    "--registration-profile",
-    "fast",
-    "--embedding-weights",
-    "random",
-    "--template-resolution",
-    "2",
-    "--image-size",
-    "64",
-    "--nprocs",
-    "2",
-    "--random-seed",
-    "7",
-]
-
-
-def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in folder.rglob("*")
-    }
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("participant_level")
-    demo = make_demo_dataset(
-        root / "bids", n_participants=4, seed=5, resolution=2.0, t1w_grid="mixed"
-    )
-    bids = demo.bids_dir
-    (bids / "sub-03" / "anat" / "sub-03_R2starmap.nii.gz").unlink()
-    (bids / "sub-03" / "anat" / "sub-03_R2starmap.json").unlink()
-    (bids / "sub-04" / "anat" / "sub-04_Chimap.nii.gz").write_bytes(b"")
-    before = _snapshot(bids)
-    out, work = root / "out", root / "work"
-    code = main([str(bids), str(out), "participant", "-w", str(work), *OPTIONS])
-    return {"bids": bids, "out": out, "work": work, "code": code, "before": before}
 
 
 def test_failures_reported_and_others_processed(run, capsys):
-    assert run["code"] == 66  # the first failure: sub-03 lacks its R2starmap
-    for sub in ("01", "02"):
+    assert run["code"] == 66  # the first failure: sub-05 lacks its R2starmap
+    for sub in ("01", "02", "03", "04"):
         assert (run["out"] / f"sub-{sub}.html").is_file()
-    assert not (run["out"] / "sub-03" / "anat").exists()
-    assert not (run["out"] / "sub-04" / "anat").exists()
+    assert not (run["out"] / "sub-05" / "anat").exists()
+    assert not (run["out"] / "sub-06" / "anat").exists()
 
 
 def test_error_lines_name_participant_and_fix(tmp_path, run, capsys):
@@ -73,20 +33,20 @@ def test_error_lines_name_participant_and_fix(tmp_path, run, capsys):
             "-w",
             str(run["work"]),
             "--participant-label",
-            "03",
-            "04",
+            "05",
+            "06",
             *OPTIONS,
         ]
     )
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("bids_qnet: error")]
     assert code == 66
     assert len(lines) == 2
-    assert "sub-03" in lines[0] and "R2starmap" in lines[0] and "--channels" in lines[0]
-    assert "sub-04" in lines[1] and "sub-04_Chimap.nii.gz" in lines[1]
+    assert "sub-05" in lines[0] and "R2starmap" in lines[0] and "--channels" in lines[0]
+    assert "sub-06" in lines[1] and "sub-06_Chimap.nii.gz" in lines[1]
 
 
 def test_input_dataset_untouched(run):
-    assert _snapshot(run["bids"]) == run["before"]
+    assert snapshot(run["bids"]) == run["before"]
 
 
 def test_expected_files(run):
@@ -117,8 +77,8 @@ def test_expected_files(run):
 
 
 def test_one_participant_has_a_separate_t1w_grid(run):
-    coreg = list(run["out"].glob("sub-0[12]/anat/*_from-R2starmap_to-T1w_mode-image_xfm.mat"))
-    assert len(coreg) == 1  # t1w_grid="mixed": one on the GRE grid, one on its own grid
+    coreg = list(run["out"].glob("sub-*/anat/*_from-R2starmap_to-T1w_mode-image_xfm.mat"))
+    assert len(coreg) == 2  # t1w_grid="mixed": two on the GRE grid, two on their own grid
 
 
 def test_stack_and_embeddings(run):
@@ -138,7 +98,7 @@ def test_registration_puts_iron_where_the_atlas_says(run):
     reference = load_reference()
     template = template_on_grid(reference, 2.0)
     labels = atlas_on_grid(reference, template).numpy()
-    for sub in ("01", "02"):
+    for sub in ("01", "02", "03", "04"):
         chi = nib.load(run["out"] / f"sub-{sub}" / "anat" / f"sub-{sub}_{STEM}_Chimap.nii.gz")
         chi = np.asarray(chi.dataobj)
         means = {

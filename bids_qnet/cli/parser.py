@@ -208,6 +208,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emb.add_argument("--batch-size", type=int, default=64, help="slices per forward pass")
 
+    grp = parser.add_argument_group("group level")
+    grp.add_argument(
+        "--label-column",
+        default="group",
+        help="participants.tsv column with the class of each participant",
+    )
+    grp.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="CLASS",
+        help="class order (default: sorted values); with two, the second is positive",
+    )
+    grp.add_argument("--positive-class", metavar="CLASS", help="the positive class (two classes)")
+    grp.add_argument(
+        "--bins", type=int, metavar="N", help="bin a numeric --label-column into N quantile classes"
+    )
+    grp.add_argument("--folds", type=int, default=10, help="cross-validation folds (participants)")
+    grp.add_argument("--cv-repeats", type=int, default=1, help="repeats of the cross-validation")
+    grp.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help="run only fold K (0-based, as in desc-cv_splits.tsv); gather later",
+    )
+    grp.add_argument(
+        "--stage1",
+        choices=("train", "frozen"),
+        default="train",
+        help="train: fine-tune ResNet18 with SWA (the paper); frozen: feed the "
+        "participant-level embeddings straight to the Bi-LSTM (fast)",
+    )
+    grp.add_argument("--epochs", type=int, default=100, help="stage-1 (ResNet18) epochs")
+    grp.add_argument("--qnet-epochs", type=int, default=50, help="stage-2 (Q-Net) epochs")
+
     run = parser.add_argument_group("execution")
     run.add_argument(
         "-w",

@@ -11,7 +11,7 @@ from pathlib import Path
 from bids_qnet import __version__
 from bids_qnet.cli.parser import build_parser
 from bids_qnet.config import Settings
-from bids_qnet.errors import EXIT_FAILURE, EXIT_SUCCESS, QNetError, UsageError
+from bids_qnet.errors import EXIT_SUCCESS, QNetError, UsageError
 
 LOGGER = logging.getLogger("bids_qnet")
 
@@ -49,6 +49,16 @@ def settings_from_args(args) -> Settings:
         embedding_weights=args.embedding_weights,
         embedding_batch_size=args.batch_size,
         image_size=args.image_size,
+        label_column=args.label_column,
+        classes=args.classes,
+        positive_class=args.positive_class,
+        bins=args.bins,
+        folds=args.folds,
+        cv_repeats=args.cv_repeats,
+        fold=args.fold,
+        stage1=args.stage1,
+        epochs=args.epochs,
+        qnet_epochs=args.qnet_epochs,
         overwrite=args.overwrite,
         verbose=args.verbose,
     )
@@ -74,7 +84,15 @@ def check_settings(settings: Settings) -> None:
             f"--reference-channel {settings.reference_channel} is not among --channels "
             f"{settings.channels}"
         )
-    positive = ("nprocs", "omp_nthreads", "image_size", "embedding_batch_size")
+    positive = (
+        "nprocs",
+        "omp_nthreads",
+        "image_size",
+        "embedding_batch_size",
+        "cv_repeats",
+        "epochs",
+        "qnet_epochs",
+    )
     for name in positive:
         if getattr(settings, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -144,12 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             from bids_qnet.workflows.run_participant import run_participant_level
 
             return run_participant_level(settings)
-        print(
-            "bids_qnet: the group level (training and cross-validation of ResNet, ResNetSWA "
-            "and Q-Net) is not implemented in this version yet",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        from bids_qnet.workflows.group import run_group_level
+
+        return run_group_level(settings)
     except QNetError as exc:
         print(f"bids_qnet: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,1 +1,1 @@
-"""Neural network architectures of Q-Net."""
+"""Networks of the Q-Net framework (stage-1 ResNet18 classifier, stage-2 scan-level model)."""

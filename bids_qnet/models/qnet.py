@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -137,3 +138,45 @@ class QNet(nn.Module):
                 f"QNet lengths must lie in [1, {steps}], got {cpu_lengths.tolist()}"
             )
         return cpu_lengths
+
+
+def qnet_loss(
+    image_logits: Tensor,
+    scan_logits: Tensor,
+    labels: Tensor,
+    lengths: Tensor,
+    image_loss_weight: float,
+) -> Tensor:
+    """Q-Net stage-2 loss: scan CE + ``image_loss_weight`` * mean image CE over real slices.
+
+    The scan term averages over the sequences; the image term averages over all real slices of
+    the batch (each carrying its participant's label), so padded steps never count.
+
+    Parameters
+    ----------
+    image_logits : Tensor
+        Shape (B, T, K).
+    scan_logits : Tensor
+        Shape (B, K).
+    labels : Tensor
+        int64, shape (B,); every slice carries its participant's label.
+    lengths : Tensor
+        Shape (B,); time steps at or beyond a sequence's length are ignored.
+    image_loss_weight : float
+        Weight of the image-level term.
+
+    Returns
+    -------
+    Tensor
+        A scalar.
+    """
+    scan_loss = F.cross_entropy(scan_logits, labels)
+    if image_loss_weight == 0:
+        return scan_loss
+    steps = image_logits.shape[1]
+    mask = (
+        torch.arange(steps, device=image_logits.device)[None, :]
+        < lengths.to(image_logits.device)[:, None]
+    )
+    image_loss = F.cross_entropy(image_logits[mask], labels[:, None].expand(-1, steps)[mask])
+    return scan_loss + image_loss_weight * image_loss

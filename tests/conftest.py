@@ -1,0 +1,49 @@
+"""Shared fixtures: a small demo cohort run through the participant level once per session."""
+
+from pathlib import Path
+
+import pytest
+
+from bids_qnet.cli.run import main
+from bids_qnet.demo import make_demo_dataset
+
+SPACE = "MNI152NLin2009cAsym"
+STEM = f"space-{SPACE}_res-2"
+OPTIONS = [
+    "--registration-profile",
+    "fast",
+    "--embedding-weights",
+    "random",
+    "--template-resolution",
+    "2",
+    "--image-size",
+    "64",
+    "--nprocs",
+    "2",
+    "--random-seed",
+    "7",
+]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """Participant level on six demo participants; sub-05 lacks a channel, sub-06 is empty."""
+    root = tmp_path_factory.mktemp("participant_level")
+    demo = make_demo_dataset(
+        root / "bids", n_participants=6, seed=5, resolution=2.0, t1w_grid="mixed"
+    )
+    bids = demo.bids_dir
+    (bids / "sub-05" / "anat" / "sub-05_R2starmap.nii.gz").unlink()
+    (bids / "sub-05" / "anat" / "sub-05_R2starmap.json").unlink()
+    (bids / "sub-06" / "anat" / "sub-06_Chimap.nii.gz").write_bytes(b"")
+    before = snapshot(bids)
+    out, work = root / "out", root / "work"
+    code = main([str(bids), str(out), "participant", "-w", str(work), *OPTIONS])
+    return {"bids": bids, "out": out, "work": work, "code": code, "before": before}
