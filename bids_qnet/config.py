@@ -84,6 +84,7 @@ class Settings:
     stage1: str = "train"
     epochs: int = 100
     qnet_epochs: int = 50
+    model: Path | None = None
     overwrite: bool = False
     verbose: int = 0
     run_id: str = field(default_factory=lambda: _new_run_id())

@@ -8,6 +8,8 @@ import pytest
 
 from bids_qnet.cli.run import main
 
+from .conftest import OPTIONS
+
 pytestmark = pytest.mark.slow
 
 QUICK = [
@@ -95,3 +97,43 @@ def test_changed_splits_are_refused(frozen, run, capsys):
     code = _group(run, frozen["out"], "--stage1", "frozen", "--random-seed", "99")
     assert code == 64
     assert "desc-cv_splits.tsv" in capsys.readouterr().err
+
+
+def test_final_model_classifies_participants(trained, run, tmp_path, caplog):
+    out = tmp_path / "out"
+    shutil.copytree(run["out"], out, ignore=shutil.ignore_patterns("sourcedata"))
+    code = main(
+        [
+            str(run["bids"]),
+            str(out),
+            "participant",
+            "--participant-label",
+            "01",
+            "02",
+            "--model",
+            str(trained["out"] / "models" / "final"),
+            "-w",
+            str(run["work"]),
+            *OPTIONS,
+        ]
+    )
+    assert code == 0
+    table = pd.read_csv(
+        out / "sub-01" / "anat" / "sub-01_desc-finalmodel_predictions.tsv", sep="\t"
+    )
+    assert list(table["model"]) == ["ResNet", "ResNetSWA", "QNet"]
+    assert set(table["predicted_class"]) <= {"HC", "HH"}
+    assert (table[["probability_HC", "probability_HH"]].sum(axis=1).round(5) == 1).all()
+    assert table["in_training_set"].all()
+    assert "not independent" in caplog.text
+
+
+def test_not_a_model_is_refused(run, tmp_path, capsys):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "model_card.json").write_text('{"Name": "something else"}')
+    code = main(
+        [str(run["bids"]), str(tmp_path / "o"), "participant", "--model", str(fake), *OPTIONS]
+    )
+    assert code == 65
+    assert "not a bids_qnet model" in capsys.readouterr().err

@@ -192,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="isotropic voxel size of the output grid",
     )
 
-    emb = parser.add_argument_group("embedding")
+    emb = parser.add_argument_group("embedding and prediction")
+    emb.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="a group run's models/final folder: classify the participants with it",
+    )
     emb.add_argument(
         "--embedding-weights",
         default="imagenet",

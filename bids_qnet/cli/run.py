@@ -59,6 +59,7 @@ def settings_from_args(args) -> Settings:
         stage1=args.stage1,
         epochs=args.epochs,
         qnet_epochs=args.qnet_epochs,
+        model=args.model.absolute() if args.model else None,
         overwrite=args.overwrite,
         verbose=args.verbose,
     )

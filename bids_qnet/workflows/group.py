@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from bids_qnet import __version__
@@ -23,6 +22,7 @@ from bids_qnet.config import Settings
 from bids_qnet.derivatives import write_atomic, write_json
 from bids_qnet.errors import EXIT_SUCCESS, UsageError
 from bids_qnet.group_inputs import Scan, check_consistent, find_scans
+from bids_qnet.prediction import predict_scans
 
 LOGGER = logging.getLogger(__name__)
 CROP_DESC = {"bg": "bgcrop", "full": "brain"}
@@ -118,7 +118,9 @@ def run_fold(settings, scans, labels, splits, repeat, fold, n_classes, device) -
         "repeat %d fold %d: %d training and %d test scans", repeat, fold, len(train), len(test)
     )
     fitted = fit_models(settings, train, labels, n_classes, device, seed, folder)
-    rows = predict_scans(settings, fitted, test, labels, n_classes, device, seed)
+    rows = predict_scans(
+        fitted, test, labels, n_classes, device, settings.image_size, settings.embedding_batch_size
+    )
     frame = pd.DataFrame(rows).assign(repeat=repeat, fold=fold)
     write_atomic(folder / "predictions.tsv", lambda tmp: frame.to_csv(tmp, sep="\t", index=False))
     seconds = round(time.perf_counter() - start, 1)
@@ -192,57 +194,6 @@ def fit_models(settings, train: list[Scan], labels, n_classes, device, seed, fol
     fitted["stage2_config"] = config2
     fitted["history"]["stage2"] = result2.history
     return fitted
-
-
-def predict_scans(settings, fitted, scans: list[Scan], labels, n_classes, device, seed) -> list:
-    """Return prediction rows (image and scan level) of every fitted model for ``scans``."""
-    from bids_qnet.metrics import scan_scores_from_slices
-    from bids_qnet.training.stage1 import embed_slices_with, predict_slices
-    from bids_qnet.training.stage2 import predict_stage2
-
-    rows: list[dict] = []
-    if "ResNetSWA" in fitted:
-        stacks = [s.load_slices() for s in scans]
-        for name in ("ResNet", "ResNetSWA"):
-            logits = predict_slices(
-                fitted[name], stacks, settings.image_size, settings.embedding_batch_size, device
-            )
-            for scan, slice_logits in zip(scans, logits, strict=True):
-                rows += _rows(scan, labels, name, "image", slice_logits)
-                vote, mean_logits = scan_scores_from_slices(slice_logits)
-                rows += _rows(scan, labels, name, "scan", mean_logits[None], prediction=vote)
-        embeddings = embed_slices_with(
-            fitted["ResNetSWA"], stacks, settings.image_size, settings.embedding_batch_size, device
-        )
-    else:
-        embeddings = [s.load_embeddings() for s in scans]
-    outputs = predict_stage2(fitted["QNet"], embeddings, n_classes, fitted["stage2_config"])
-    for scan, (image_logits, scan_logits) in zip(scans, outputs, strict=True):
-        rows += _rows(scan, labels, "QNet", "image", image_logits)
-        rows += _rows(scan, labels, "QNet", "scan", scan_logits[None])
-    return rows
-
-
-def _rows(scan: Scan, labels, model, level, logits: np.ndarray, prediction=None) -> list[dict]:
-    rows = []
-    for index, row_logits in enumerate(np.asarray(logits, dtype=float)):
-        row = {
-            "participant_id": scan.participant_id,
-            "session": scan.session or "n/a",
-            "label": labels[scan.participant_id],
-            "model": model,
-            "level": level,
-            "slice": index if level == "image" else "n/a",
-            "prediction": int(np.argmax(row_logits)) if prediction is None else int(prediction),
-            "score": float(row_logits[1] - row_logits[0]) if len(row_logits) == 2 else np.nan,
-        }
-        probabilities = np.exp(row_logits - row_logits.max())
-        probabilities /= probabilities.sum()
-        for k, value in enumerate(row_logits):
-            row[f"logit_{k}"] = float(value)
-            row[f"probability_{k}"] = float(probabilities[k])
-        rows.append(row)
-    return rows
 
 
 def gather(settings: Settings, splits: pd.DataFrame) -> pd.DataFrame:

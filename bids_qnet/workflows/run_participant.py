@@ -48,6 +48,11 @@ def run_participant_level(settings: Settings) -> int:
     reference = load_reference(settings.template, settings.atlas)
     indices = region_indices(reference, settings.crop_regions) if settings.crop == "bg" else {}
     resolve_device(settings.device)
+    model = None
+    if settings.model is not None:
+        from bids_qnet.workflows.apply_model import check_model
+
+        model = check_model(settings)
     load_backbone(settings.embedding_weights, len(settings.channels), settings.random_seed)
 
     layout = bids_io.load_layout(settings.bids_dir, settings.derivatives)
@@ -65,7 +70,7 @@ def run_participant_level(settings: Settings) -> int:
 
     init_derivatives(settings.output_dir, settings.bids_dir)
     options = workflow_options(settings, profile, reference, indices)
-    todo, skipped = [], []
+    todo, skipped, skipped_ids = [], [], []
     for subject in subjects:
         sessions = bids_io.select_sessions(layout, subject, settings.session_label)
         if not sessions:
@@ -92,6 +97,7 @@ def run_participant_level(settings: Settings) -> int:
                 continue
             if _already_done(settings, inputs, options):
                 skipped.append(inputs.name)
+                skipped_ids.append((inputs.subject, inputs.session))
                 continue
             todo.append(inputs)
     if skipped:
@@ -101,6 +107,12 @@ def run_participant_level(settings: Settings) -> int:
     if todo:
         _run_workflow(settings, todo, options)
         problems += _collect_failures(settings, todo, options)
+    if model is not None:
+        from bids_qnet.workflows.apply_model import apply_model
+
+        failed = {(p.subject, p.session) for p in problems}
+        done = [(i.subject, i.session) for i in todo if (i.subject, i.session) not in failed]
+        apply_model(settings, model, done + skipped_ids)
     return _summarise(settings, todo, skipped, problems)
 
 
