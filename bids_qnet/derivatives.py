@@ -23,6 +23,9 @@ from bids_qnet.errors import OutputError
 
 PIPELINE_NAME = "bids_qnet"
 
+# ``desc-`` of the cropped outputs for each ``--crop`` choice.
+CROP_DESC = {"bg": "bgcrop", "full": "brain"}
+
 # BIDS entity order (derivatives spec), then the suffix.
 ENTITY_ORDER = (
     "sub",

@@ -8,11 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from bids_qnet.config import Settings
-from bids_qnet.derivatives import build_path, write_atomic, write_sidecar
+from bids_qnet.derivatives import CROP_DESC, build_path, write_atomic, write_sidecar
 from bids_qnet.errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
-CROP_DESC = {"bg": "bgcrop", "full": "brain"}
 
 
 def check_model(settings: Settings):

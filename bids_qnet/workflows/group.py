@@ -19,13 +19,12 @@ import pandas as pd
 
 from bids_qnet import __version__
 from bids_qnet.config import Settings
-from bids_qnet.derivatives import write_atomic, write_json
+from bids_qnet.derivatives import CROP_DESC, write_atomic, write_json
 from bids_qnet.errors import EXIT_SUCCESS, UsageError
 from bids_qnet.group_inputs import Scan, check_consistent, find_scans
 from bids_qnet.prediction import predict_scans
 
 LOGGER = logging.getLogger(__name__)
-CROP_DESC = {"bg": "bgcrop", "full": "brain"}
 MODELS = ("ResNet", "ResNetSWA", "QNet")
 
 
@@ -74,9 +73,7 @@ def run_group_level(settings: Settings) -> int:
     write_splits(splits, splits_path)
     write_json(settings.output_dir / "desc-cv_labels.json", spec.to_dict())
 
-    folds = sorted(
-        {(int(r), int(f)) for r, f in zip(splits["repeat"], splits["fold"], strict=True)}
-    )
+    folds = split_folds(splits)
     if settings.fold is not None:
         folds = [(r, f) for r, f in folds if f == settings.fold]
         if not folds:
@@ -90,6 +87,12 @@ def run_group_level(settings: Settings) -> int:
     predictions = gather(settings, splits)
     final_model(settings, scans, labels, spec, n_classes, device, predictions)
     return EXIT_SUCCESS
+
+
+def split_folds(splits: pd.DataFrame) -> list[tuple[int, int]]:
+    """Return the sorted (repeat, fold) pairs of a splits table."""
+    pairs = zip(splits["repeat"], splits["fold"], strict=True)
+    return sorted({(int(r), int(f)) for r, f in pairs})
 
 
 def fold_dir(settings: Settings, repeat: int, fold: int) -> Path:
@@ -202,9 +205,7 @@ def gather(settings: Settings, splits: pd.DataFrame) -> pd.DataFrame:
     from bids_qnet.reports.roc import roc_figure
 
     frames = []
-    for repeat, fold in sorted(
-        {(int(r), int(f)) for r, f in zip(splits["repeat"], splits["fold"], strict=True)}
-    ):
+    for repeat, fold in split_folds(splits):
         path = fold_dir(settings, repeat, fold) / "predictions.tsv"
         if not path.is_file():
             raise UsageError(f"fold {fold} of repeat {repeat} has no results yet ({path})")

@@ -14,6 +14,7 @@ import numpy as np
 
 from bids_qnet import __version__
 from bids_qnet.derivatives import (
+    CROP_DESC,
     build_path,
     raw_source,
     subject_dir,
@@ -22,7 +23,6 @@ from bids_qnet.derivatives import (
     write_sidecar,
 )
 
-CROP_DESC = {"bg": "bgcrop", "full": "brain"}
 # Below this the QC figure deserves a look; the profile's failure threshold is lower.
 WARN_BRAIN_CORRELATION = 0.8
 
