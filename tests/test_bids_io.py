@@ -130,3 +130,25 @@ def test_filters_file(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(UsageError):
         bids_io.load_filters(path)
+
+
+def test_sessions_are_selected_and_found(tmp_path):
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "t", "BIDSVersion": "1.10.0"})
+    )
+    for ses in ("pre", "post"):
+        for suffix in ("Chimap", "T1w"):
+            _image(
+                root / "sub-01" / f"ses-{ses}" / "anat" / f"sub-01_ses-{ses}_{suffix}.nii.gz",
+                np.ones((4, 5, 6)),
+            )
+    layout = bids_io.load_layout(root)
+    assert bids_io.select_sessions(layout, "01", None) == ["post", "pre"]
+    assert bids_io.select_sessions(layout, "01", bids_io.clean_labels(["ses-pre"], "ses")) == [
+        "pre"
+    ]
+    found = bids_io.find_channels(layout, "01", "pre", ["Chimap", "T1w"], {})
+    assert found.name == "sub-01_ses-pre"
+    assert found.channels["T1w"].name == "sub-01_ses-pre_T1w.nii.gz"
