@@ -65,6 +65,8 @@ def test_frozen_mode_cross_validates_qnet(frozen):
     assert {"pooled", "mean", "sd"} <= set(metrics["fold"].astype(str))
     card = json.loads((out / "models" / "final" / "model_card.json").read_text())
     assert card["Classes"] == ["HC", "HH"] and card["Models"] == ["QNet"]
+    saved = json.loads(next((out / "logs").glob("group_*_settings.json")).read_text())
+    assert saved["stage1"] == "frozen" and saved["folds"] == 2
 
 
 def test_train_mode_gives_all_three_models(trained):

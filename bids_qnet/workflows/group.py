@@ -36,6 +36,7 @@ def run_group_level(settings: Settings) -> int:
 
     device = resolve_device(settings.device)
     scans = find_scans(settings.output_dir, CROP_DESC[settings.crop])
+    settings.save(settings.output_dir / "logs" / f"group_{settings.run_id}_settings.json")
     check_consistent(scans)
     labels, spec, notes = load_labels(
         settings.bids_dir / "participants.tsv",
