@@ -139,3 +139,11 @@ def test_not_a_model_is_refused(run, tmp_path, capsys):
     )
     assert code == 65
     assert "not a bids_qnet model" in capsys.readouterr().err
+
+
+def test_same_seed_gives_identical_metrics(frozen, run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run["out"], out, ignore=shutil.ignore_patterns("sourcedata"))
+    assert _group(run, out, "--stage1", "frozen") == 0
+    first = (frozen["out"] / "desc-cv_metrics.tsv").read_text()
+    assert (out / "desc-cv_metrics.tsv").read_text() == first
