@@ -84,6 +84,11 @@ class Settings:
     stage1: str = "train"
     epochs: int = 100
     qnet_epochs: int = 50
+    bootstrap_replicates: int = 2000
+    attribution: str = "ig"
+    attribution_target: str = "true"
+    ig_steps: int = 50
+    ig_baseline: str = "zero"
     model: Path | None = None
     overwrite: bool = False
     verbose: int = 0

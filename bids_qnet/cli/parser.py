@@ -247,6 +247,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grp.add_argument("--epochs", type=int, default=100, help="stage-1 (ResNet18) epochs")
     grp.add_argument("--qnet-epochs", type=int, default=50, help="stage-2 (Q-Net) epochs")
+    grp.add_argument(
+        "--bootstrap-replicates",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="stratified participant bootstrap replicates for AUC distributions and CIs",
+    )
+    grp.add_argument(
+        "--attribution",
+        choices=("ig", "none"),
+        default="ig",
+        help="ig: Integrated Gradients through Q-Net and Grad-CAM on stage 1, mapped back to "
+        "template space and summarised per atlas region; none: skip",
+    )
+    grp.add_argument(
+        "--attribution-target",
+        choices=("true", "predicted"),
+        default="true",
+        help="class whose logit the attribution explains: the true or the predicted class",
+    )
+    grp.add_argument(
+        "--ig-steps", type=int, default=50, metavar="N", help="Integrated Gradients steps"
+    )
+    grp.add_argument(
+        "--ig-baseline",
+        choices=("zero", "blur"),
+        default="zero",
+        help="Integrated Gradients baseline: zero (black slices) or a heavily blurred copy",
+    )
 
     run = parser.add_argument_group("execution")
     run.add_argument(

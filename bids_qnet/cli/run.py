@@ -59,6 +59,11 @@ def settings_from_args(args) -> Settings:
         stage1=args.stage1,
         epochs=args.epochs,
         qnet_epochs=args.qnet_epochs,
+        bootstrap_replicates=args.bootstrap_replicates,
+        attribution=args.attribution,
+        attribution_target=args.attribution_target,
+        ig_steps=args.ig_steps,
+        ig_baseline=args.ig_baseline,
         model=args.model.absolute() if args.model else None,
         overwrite=args.overwrite,
         verbose=args.verbose,
@@ -93,6 +98,8 @@ def check_settings(settings: Settings) -> None:
         "cv_repeats",
         "epochs",
         "qnet_epochs",
+        "bootstrap_replicates",
+        "ig_steps",
     )
     for name in positive:
         if getattr(settings, name) < 1:
