@@ -60,10 +60,11 @@ BIDSIGNORE = (
     "*_embeddings.json",
     "*_predictions.tsv",
     "*_predictions.json",
-    "desc-cv_*",
-    "desc-oof_*",
+    "desc-*",
+    "attribution",
     "models",
     "figures",
+    "group.html",
     "sub-*.html",
     "sub-*/figures",
     "sub-*/log",
@@ -226,11 +227,16 @@ def init_derivatives(output_dir: Path, bids_dir: Path) -> None:
         raise OutputError(f"output folder {output_dir} is not writable: choose another output_dir")
     source = [{"URL": Path(bids_dir).resolve().as_uri()}]
     write_json(output_dir / "dataset_description.json", dataset_description(source))
-    ignore = "\n".join(BIDSIGNORE) + "\n"
-    write_atomic(output_dir / ".bidsignore", lambda tmp: tmp.write_text(ignore))
+    write_bidsignore(output_dir)
     citation = load_json("resources.json")
     write_atomic(output_dir / "CITATION.md", lambda tmp: tmp.write_text(citation_text(citation)))
     write_atomic(output_dir / "README.md", lambda tmp: tmp.write_text(README_TEXT))
+
+
+def write_bidsignore(output_dir: Path) -> Path:
+    """Write the derivative dataset's ``.bidsignore`` (files no BIDS standard covers yet)."""
+    ignore = "\n".join(BIDSIGNORE) + "\n"
+    return write_atomic(Path(output_dir) / ".bidsignore", lambda tmp: tmp.write_text(ignore))
 
 
 def citation_text(resources: dict[str, Any]) -> str:

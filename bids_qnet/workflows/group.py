@@ -19,10 +19,11 @@ import pandas as pd
 
 from bids_qnet import __version__
 from bids_qnet.config import Settings
-from bids_qnet.derivatives import CROP_DESC, write_atomic, write_json
+from bids_qnet.derivatives import CROP_DESC, write_atomic, write_bidsignore, write_json
 from bids_qnet.errors import EXIT_SUCCESS, UsageError
 from bids_qnet.group_inputs import Scan, check_consistent, find_scans
 from bids_qnet.prediction import predict_scans
+from bids_qnet.reports.group import write_group_report
 
 LOGGER = logging.getLogger(__name__)
 MODELS = ("ResNet", "ResNetSWA", "QNet")
@@ -37,6 +38,7 @@ def run_group_level(settings: Settings) -> int:
     device = resolve_device(settings.device)
     scans = find_scans(settings.output_dir, CROP_DESC[settings.crop])
     settings.save(settings.output_dir / "logs" / f"group_{settings.run_id}_settings.json")
+    write_bidsignore(settings.output_dir)
     check_consistent(scans)
     labels, spec, notes = load_labels(
         settings.bids_dir / "participants.tsv",
@@ -87,6 +89,7 @@ def run_group_level(settings: Settings) -> int:
         return EXIT_SUCCESS
     predictions = gather(settings, splits)
     final_model(settings, scans, labels, spec, n_classes, device, predictions)
+    write_group_report(settings.output_dir, settings.bids_dir, settings.to_dict())
     return EXIT_SUCCESS
 
 
