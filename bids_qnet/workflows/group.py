@@ -24,6 +24,7 @@ from bids_qnet.errors import EXIT_SUCCESS, UsageError
 from bids_qnet.group_inputs import Scan, check_consistent, find_scans
 from bids_qnet.prediction import predict_scans
 from bids_qnet.reports.group import write_group_report
+from bids_qnet.stats import write_model_comparisons
 
 LOGGER = logging.getLogger(__name__)
 MODELS = ("ResNet", "ResNetSWA", "QNet")
@@ -242,6 +243,9 @@ def gather(settings: Settings, splits: pd.DataFrame) -> pd.DataFrame:
                 title=f"Out-of-fold ROC, {level} level",
             )
     LOGGER.info("cross-validation results: %s", out / "desc-cv_metrics.tsv")
+    write_model_comparisons(
+        predictions, out, n_replicates=settings.bootstrap_replicates, seed=settings.random_seed
+    )
     return predictions
 
 
