@@ -141,7 +141,12 @@ def test_report_shows_comparison_and_region_tables(group_output):
                 "model2": "ResNet",
                 "auc1": 0.95,
                 "auc2": 0.7,
-                "p": 0.01,
+                "difference": 0.25,
+                "se": 0.1,
+                "z": 2.5,
+                "ci_low": 0.05,
+                "ci_high": 0.45,
+                "p": 1.23e-5,
                 "p_holm": 0.02,
                 "stars": "*",
             }
@@ -154,6 +159,7 @@ def test_report_shows_comparison_and_region_tables(group_output):
     text = write_group_report(
         out, group_output["bids"], SETTINGS | {"attribution": "none"}
     ).read_text()
-    assert '<td class="sig">*</td>' in text and "Q-Net" in text
+    assert '<td class="sig">*</td>' in text and "Q-Net vs ResNet" in text
+    assert "0.250 [0.050, 0.450]" in text and "1.23e-05" in text
     assert "Left_Pallidum" in text and "scan: DeLong" in text
     assert "Integrated Gradients (Sundararajan" not in text  # attribution switched off

@@ -153,6 +153,32 @@ def performance_table(metrics: pd.DataFrame, level: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def delong_display(delong: pd.DataFrame) -> pd.DataFrame:
+    """Return the DeLong table as shown in the report: CI in one column, p in 3 digits."""
+    frame = _renamed(delong)
+    shown = pd.DataFrame(
+        {
+            "level": frame["level"],
+            "comparison": frame["model1"] + " vs " + frame["model2"],
+            "AUC 1": frame["auc1"].map("{:.3f}".format),
+            "AUC 2": frame["auc2"].map("{:.3f}".format),
+            "difference (95% CI)": [
+                f"{d:.3f} [{lo:.3f}, {hi:.3f}]"
+                for d, lo, hi in zip(
+                    frame["difference"], frame["ci_low"], frame["ci_high"], strict=True
+                )
+            ],
+            "z": frame["z"].map("{:.2f}".format),
+            "p": frame["p"].map("{:.3g}".format),
+            "p (Holm)": frame["p_holm"].map("{:.3g}".format),
+            "stars": frame["stars"],
+        }
+    )
+    if "n_participants" in frame:
+        shown["participants"] = frame["n_participants"]
+    return shown
+
+
 def _cohort_section(bids_dir: Path, labels: dict, predictions: pd.DataFrame) -> str:
     parts = ['<section id="cohort"><h2>Cohort</h2>']
     participants = _read_tsv(bids_dir / "participants.tsv")
@@ -213,7 +239,7 @@ def _comparison_section(output_dir: Path) -> str:
         methods = sidecar.get("Methods") or sidecar.get("Method")
         if methods:
             parts.append(f'<p class="note">{_e(_flatten(methods))}</p>')
-        parts.append(_table(_rounded(_renamed(delong)), highlight="stars"))
+        parts.append(_table(delong_display(delong), highlight="stars"))
     parts.append('<div class="grid">')
     for level in ("scan", "image"):
         path = output_dir / "figures" / f"desc-aucboxplot{level}_boxplot.png"
