@@ -27,11 +27,16 @@ class _PrintDescriptor(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from importlib.resources import files
 
-        text = files("bids_qnet.data").joinpath("descriptor.json")
-        if not text.is_file():
-            parser.exit(1, "bids_qnet: the Boutiques descriptor is not packaged in this build\n")
-        sys.stdout.write(text.read_text())
-        parser.exit(0)
+        # One file, descriptor.json at the repository root: a wheel carries it as
+        # bids_qnet/data/descriptor.json (pyproject force-include); an editable install reads it
+        # from the checkout.
+        root = Path(__file__).resolve().parents[2]
+        checkout = root / "descriptor.json" if (root / "pyproject.toml").is_file() else None
+        for candidate in (files("bids_qnet.data").joinpath("descriptor.json"), checkout):
+            if candidate is not None and candidate.is_file():
+                sys.stdout.write(candidate.read_text())
+                parser.exit(0)
+        parser.exit(1, "bids_qnet: the Boutiques descriptor is not packaged in this build\n")
 
 
 def _derivative(value: str) -> tuple[str, Path]:
