@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bids_qnet.derivatives import write_atomic
 from bids_qnet.errors import InputDataError, RegistrationError, UsageError
+from bids_qnet.integrity import check_gzip_whole
 
 if TYPE_CHECKING:  # pragma: no cover
     import ants
@@ -247,6 +249,28 @@ def move(source: str, target: str) -> None:
     if not Path(source).is_file():
         raise RegistrationError(f"ANTs did not write {source}")
     os.replace(source, target)
+
+
+def write_image(image: ants.ANTsImage, path: Path) -> Path:
+    """Write an ANTs image atomically and check that it reached the disk whole.
+
+    ``ants.image_write`` does not report a failed write (full disk, file-size limit): it
+    prints an ITK error and leaves a truncated file. A ``.nii.gz`` is therefore read back to
+    its end before it is renamed into place.
+
+    Raises
+    ------
+    OutputError, WriteError
+        The file could not be written whole (exit 73 or 74).
+    """
+    import ants
+
+    def write(tmp: Path) -> None:
+        ants.image_write(image, str(tmp))
+        if tmp.name.endswith(".gz"):
+            check_gzip_whole(tmp)
+
+    return write_atomic(Path(path), write)
 
 
 def as_list(transforms: str | list[str]) -> list[str]:

@@ -23,6 +23,9 @@ from bids_qnet.errors import (
 LOGGER = logging.getLogger(__name__)
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
 NIFTI_EXTENSIONS = [".nii", ".nii.gz"]
+# Channels whose fields of view share less than this part of the smaller one (in scanner
+# coordinates) cannot come from one session: one of the headers is wrong.
+MIN_FOV_OVERLAP = 0.1
 
 
 @dataclass
@@ -169,10 +172,14 @@ def select_subjects(layout, labels: list[str] | None) -> tuple[list[str], list[s
 
 
 def select_sessions(layout, subject: str, labels: list[str] | None) -> list[str | None]:
-    """Return the sessions of a subject to process (``[None]`` for a session-less dataset)."""
+    """Return the sessions of a subject to process (``[None]`` for a session-less participant).
+
+    With ``labels``, only those sessions; a participant without sessions then has none to
+    process (the labels cannot be honoured, so nothing is processed silently instead).
+    """
     sessions = sorted(layout.get_sessions(subject=subject))
     if not sessions:
-        return [None]
+        return [None] if labels is None else []
     if labels is None:
         return list(sessions)
     return [s for s in sessions if s in labels]
@@ -200,8 +207,17 @@ def find_channels(
         query.update(subject=subject, suffix=suffix, extension=NIFTI_EXTENSIONS)
         if session is not None:
             query["session"] = session
-        files = sorted(set(layout.get(return_type="file", **query)))
+        try:
+            files = sorted(set(layout.get(return_type="file", **query)))
+        except ValueError as exc:  # pybids: an entity name it does not know
+            raise UsageError(f"--bids-filter-file query for {suffix} is invalid: {exc}") from exc
         files = [f for f in files if "/sourcedata/" not in f]
+        queried = {**filters.get("all", {}), **filters.get(suffix, {})}
+        if not files and queried:
+            raise NothingSelectedError(
+                f"--bids-filter-file query {json.dumps(queried)} selects no {suffix} image of "
+                f"{inputs.name}; fix the filter or leave this participant out"
+            )
         if not files:
             raise MissingInputError(
                 f"no {suffix} image (e.g. anat/{inputs.name}_{suffix}.nii.gz) found; add it, "
@@ -251,6 +267,12 @@ def check_image(path: Path) -> dict[str, Any]:
     finite = np.isfinite(data)
     if not finite.any():
         raise InputDataError(f"{path} has no finite voxel (all NaN/Inf)")
+    linear = image.affine[:3, :3]
+    if not np.isfinite(image.affine).all() or abs(np.linalg.det(linear)) < 1e-6:
+        raise InputDataError(
+            f"{path} has a singular or non-finite affine (voxel to scanner coordinates); "
+            "fix its header (sform/qform) or re-export it"
+        )
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     return {
         "shape": list(shape),
@@ -258,3 +280,60 @@ def check_image(path: Path) -> dict[str, Any]:
         "obliquity": round(float(np.degrees(np.max(nib.affines.obliquity(image.affine)))), 2),
         "nonfinite": int(finite.size - finite.sum()),
     }
+
+
+def check_channels(channels: dict[str, Path], reference: str) -> dict[str, dict[str, Any]]:
+    """Check every channel image (:func:`check_image`) and that their fields of view overlap.
+
+    Channels on different grids are co-registered later; what cannot be repaired is a header
+    that puts a channel elsewhere in scanner space than the reference channel of the same
+    session.
+
+    Parameters
+    ----------
+    channels : dict of str to Path
+        Suffix to image path.
+    reference : str
+        The reference channel's suffix.
+
+    Returns
+    -------
+    dict of str to dict
+        Suffix to ``{"file": name, **check_image(path)}``.
+
+    Raises
+    ------
+    InputDataError
+        A channel is unusable, or shares less than :data:`MIN_FOV_OVERLAP` of the smaller field
+        of view with the reference channel.
+    """
+    info = {s: {"file": p.name, **check_image(p)} for s, p in channels.items()}
+    if reference not in channels:
+        return info
+    boxes = {s: field_of_view(nib.load(str(p))) for s, p in channels.items()}
+    for suffix, box in boxes.items():
+        share = fov_overlap(box, boxes[reference])
+        if share < MIN_FOV_OVERLAP:
+            raise InputDataError(
+                f"the fields of view of {channels[suffix].name} and {channels[reference].name} "
+                f"share {share:.0%} of the smaller one in scanner coordinates (at least "
+                f"{MIN_FOV_OVERLAP:.0%} expected): one header (affine) is wrong; fix it or "
+                f"drop {suffix} from --channels"
+            )
+    return info
+
+
+def field_of_view(image) -> np.ndarray:
+    """Return the scanner-space bounding box ``[[xmin, ymin, zmin], [xmax, ymax, zmax]]`` (mm)."""
+    shape = np.array(image.shape[:3], dtype=float)
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)
+    voxels = corners * shape - 0.5  # outer edges of the corner voxels
+    world = nib.affines.apply_affine(image.affine, voxels)
+    return np.stack([world.min(axis=0), world.max(axis=0)])
+
+
+def fov_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Return the volume shared by two boxes as a share of the smaller box's volume."""
+    sides = np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]), 0, None)
+    smaller = min(float(np.prod(a[1] - a[0])), float(np.prod(b[1] - b[0])))
+    return float(np.prod(sides)) / smaller if smaller > 0 else 0.0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_qnet import __version__
+from bids_qnet.provenance import software_versions
 
 DEFAULT_CHANNELS = ("Chimap", "R2starmap", "T1w")
 DEFAULT_CROP_REGIONS = (
@@ -43,7 +44,8 @@ OUTPUT_DEFINING_FIELDS = (
 class Settings:
     """Everything a bids_qnet run needs to know, in one place.
 
-    Attributes mirror the command-line options (see ``bids_qnet --help``).
+    Attributes mirror the command-line options (see ``bids_qnet --help``), plus ``run_id``,
+    ``version`` and ``software`` (Python and library versions, recorded with the outputs).
     """
 
     bids_dir: Path
@@ -94,6 +96,7 @@ class Settings:
     verbose: int = 0
     run_id: str = field(default_factory=lambda: _new_run_id())
     version: str = __version__
+    software: dict[str, str] = field(default_factory=lambda: dict(software_versions()))
 
     def __post_init__(self) -> None:
         if self.reference_channel is None:
@@ -113,10 +116,10 @@ class Settings:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def save(self, path: Path) -> Path:
-        """Write the settings as JSON to ``path`` and return it."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
+        """Write the settings (with the software versions) as JSON to ``path``, atomically."""
+        from bids_qnet.derivatives import write_json
+
+        return write_json(path, self.to_dict())
 
 
 def _new_run_id() -> str:

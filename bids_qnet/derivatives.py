@@ -9,6 +9,7 @@ file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -19,9 +20,12 @@ from typing import Any
 
 from bids_qnet import CODE_URL, __version__
 from bids_qnet.data import load_json
-from bids_qnet.errors import OutputError
+from bids_qnet.errors import OutputError, QNetError, WriteError
 
 PIPELINE_NAME = "bids_qnet"
+TMP_PREFIX = ".tmp-"
+# errno values that mean "not allowed to write here" (exit 73); any other write error is 74.
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 # ``desc-`` of the cropped outputs for each ``--crop`` choice.
 CROP_DESC = {"bg": "bgcrop", "full": "brain"}
@@ -121,12 +125,19 @@ def subject_dir(output_dir: Path, subject: str, session: str | None = None) -> P
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds."""
+    """Yield a temporary path beside ``path``; flush it to disk and rename it onto ``path``.
+
+    The data reach the disk (``fsync``) before the rename, so a crash or a full disk never leaves
+    ``path`` holding part of the new content; on any error the temporary file is removed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     # Hidden (ignored by BIDS tools) and ending in the real extension (so writers pick the format).
-    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield tmp
+        if tmp.is_file():
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -134,10 +145,55 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_atomic(path: Path, writer: Callable[[Path], Any]) -> Path:
-    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
+    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically.
+
+    Raises
+    ------
+    OutputError
+        The folder is not writable (exit 73).
+    WriteError
+        Writing failed midway: disk full, file size limit, quota, I/O error (exit 74). Nothing
+        is left at ``path`` that was not there before.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            writer(tmp)
+    except QNetError:
+        raise
+    except OSError as exc:
+        raise output_error(exc, path) from exc
     return path
+
+
+def output_error(exc: OSError, path: Path) -> QNetError:
+    """Turn an ``OSError`` raised while writing ``path`` into the error the user sees."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in NOT_WRITABLE:
+        return OutputError(
+            f"cannot write {path}: {reason}; make the folder writable or choose another "
+            "output_dir / --work-dir"
+        )
+    code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    return WriteError(
+        f"writing {path} failed: {reason}{f' ({code})' if code else ''}; no partial file was "
+        "kept: free disk space (or raise the quota/file-size limit) and run the same command again"
+    )
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files left under ``folder`` by a killed run; return what was removed.
+
+    Removes ``.tmp-*`` (:func:`atomic_path`) and ``.*.tmp`` (the figure and report writers).
+    Call it only on folders that no other running job writes to (one participant's folder).
+    """
+    removed = []
+    if Path(folder).is_dir():
+        for tmp in Path(folder).rglob(".*"):
+            stale = tmp.name.startswith(TMP_PREFIX) or tmp.name.endswith(".tmp")
+            if stale and tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:

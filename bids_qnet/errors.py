@@ -66,6 +66,12 @@ class OutputError(QNetError, OSError):
     exit_code = EXIT_CANT_CREATE
 
 
+class WriteError(QNetError, OSError):
+    """Writing an output failed midway (disk full, file too large, quota, I/O error)."""
+
+    exit_code = EXIT_IO
+
+
 class DataLeakageError(QNetError, RuntimeError):
     """A participant appears on both sides of a train/test split."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_qnet.derivatives import is_complete, sidecar_path
-from bids_qnet.errors import NothingSelectedError
+from bids_qnet.errors import InputDataError, NothingSelectedError
 
 LOGGER = logging.getLogger(__name__)
 SCAN_PATTERN = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?_")
@@ -31,6 +31,8 @@ class Scan:
         The ``_slices.npy`` (S, C, H, W) and ``_embeddings.npy`` (S, 512) files.
     fingerprint : str
         Settings fingerprint recorded by the participant level.
+    version : str
+        bids_qnet version that wrote the outputs.
     """
 
     participant_id: str
@@ -38,6 +40,7 @@ class Scan:
     slices: Path
     embeddings: Path
     fingerprint: str
+    version: str = ""
 
     @property
     def scan_id(self) -> str:
@@ -77,6 +80,7 @@ def find_scans(output_dir: Path, crop_desc: str = "bgcrop") -> list[Scan]:
                 slices,
                 embeddings,
                 meta.get("SettingsFingerprint", ""),
+                meta.get("Version", ""),
             )
         )
     if not scans:
@@ -88,13 +92,30 @@ def find_scans(output_dir: Path, crop_desc: str = "bgcrop") -> list[Scan]:
 
 
 def check_consistent(scans: list[Scan]) -> None:
-    """Warn when participant outputs were made with different settings or versions."""
-    fingerprints = {s.fingerprint for s in scans}
-    if len(fingerprints) > 1:
-        groups = {f: [s.scan_id for s in scans if s.fingerprint == f][:3] for f in fingerprints}
-        LOGGER.warning(
-            "participant-level outputs were made with %d different settings/versions (%s); "
-            "rerun the participant level with --overwrite for comparable inputs",
-            len(fingerprints),
-            groups,
-        )
+    """Refuse participant outputs made with different bids_qnet versions or settings.
+
+    A classifier trained on a mix would learn the processing, not the participants; the
+    fingerprint covers the version and every output-defining option (channels, crop, template,
+    resolution, registration profile, embedding weights, image size).
+
+    Raises
+    ------
+    InputDataError
+        One line listing each version/fingerprint with its number of scans and a few of them.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for scan in scans:
+        groups.setdefault((scan.version, scan.fingerprint), []).append(scan.scan_id)
+    if len(groups) <= 1:
+        return
+    ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+    described = "; ".join(
+        f"version {version or '?'} settings {fingerprint or '?'}: {len(ids)} scan(s) "
+        f"({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+        for (version, fingerprint), ids in ordered
+    )
+    raise InputDataError(
+        f"participant-level outputs were made with {len(groups)} different bids_qnet "
+        f"versions/settings ({described}); rerun the participant level for the others with "
+        "the same version and options and --overwrite, or move them out of output_dir"
+    )

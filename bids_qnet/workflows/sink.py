@@ -1,12 +1,16 @@
 """Write one participant's results into the derivative dataset with BIDS names and sidecars.
 
 Data files are written first, each sidecar after its data file, and the embeddings' sidecar last:
-it marks the participant complete and carries the settings fingerprint.
+it marks the participant complete and carries the settings fingerprint. A rerun first removes
+that marker and each sidecar before replacing its data file, so a run killed while rewriting
+never leaves an old sidecar describing a new file, nor a participant that looks complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +20,16 @@ from bids_qnet import __version__
 from bids_qnet.derivatives import (
     CROP_DESC,
     build_path,
+    output_error,
     raw_source,
+    remove_stale_temporaries,
+    sidecar_path,
     subject_dir,
     write_atomic,
     write_json,
     write_sidecar,
 )
+from bids_qnet.provenance import software_versions
 
 # Below this the QC figure deserves a look; the profile's failure threshold is lower.
 WARN_BRAIN_CORRELATION = 0.8
@@ -74,18 +82,32 @@ def write_outputs(
     -------
     list of str
         The derivative files written, data before sidecars, the completeness marker last.
+
+    Raises
+    ------
+    OutputError, WriteError
+        A file could not be written (exit 73 or 74); nothing half-written looks complete.
     """
     out, bids = Path(output_dir), Path(bids_dir)
+    marker = sidecar_path(final_output(out, subject, session, options))
+    marker.unlink(missing_ok=True)  # incomplete from here until the last line
+    remove_stale_temporaries(subject_dir(out, subject, session))
     base = output_entities(subject, session, options)
     desc = CROP_DESC[options["crop"]]
     uris = {s: raw_source(bids, Path(p)) for s, p in sources.items()}
     common = {
-        "bids_qnet": {"Version": __version__, "SettingsFingerprint": options["fingerprint"]},
+        "bids_qnet": {
+            "Version": __version__,
+            "SettingsFingerprint": options["fingerprint"],
+            "RandomSeed": options["random_seed"],
+            "Software": software_versions(),
+        },
     }
     written: list[Path] = []
 
     def copy(src: str, entities: dict, suffix: str, ext: str, meta: dict | None) -> Path:
         dest = out / build_path(entities, suffix, ext)
+        sidecar_path(dest).unlink(missing_ok=True)  # never an old sidecar over new data
         write_atomic(dest, lambda tmp: shutil.copyfile(src, tmp))
         written.append(dest)
         if meta is not None:
@@ -170,7 +192,8 @@ def write_outputs(
         "StepSeconds": timings,
     }
     stack_dest = copy(stack_path, {**base, "desc": desc}, "slices", ".npy", stack_meta)
-    figures = _figures(out, subject, session, options, registered, stack_dest, crop_info)
+    with _output_errors(out):
+        figures = _figures(out, subject, session, options, registered, stack_dest, crop_info)
     embed_meta = {
         "Sources": [f"bids::{stack_dest.relative_to(out).as_posix()}"],
         "Description": "ResNet18 global-average-pooled features, one 512-d row per slice",
@@ -180,9 +203,19 @@ def write_outputs(
     final = copy(embeddings_path, {**base, "desc": desc}, "embeddings", ".npy", None)
     summary = _summary(options, prep_info, coreg_info, norm_info, stack_meta, embed_meta)
     summary["SettingsPath"] = str(settings_path(out, subject, session, options["run_id"]))
-    report = _report(out, subject, session, summary, figures)
+    with _output_errors(out):
+        report = _report(out, subject, session, summary, figures)
     write_sidecar(final, {**embed_meta, **common})
     return [str(p) for p in [*written, *figures, report, final]]
+
+
+@contextlib.contextmanager
+def _output_errors(out: Path) -> Iterator[None]:
+    """Report write failures of the figure and report helpers like those of ``write_atomic``."""
+    try:
+        yield
+    except OSError as exc:
+        raise output_error(exc, Path(exc.filename or out)) from exc
 
 
 def _unique_coregistrations(coreg: dict[str, list[str]], info: dict) -> dict[str, list[str]]:
