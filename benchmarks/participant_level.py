@@ -1,13 +1,27 @@
-"""Participant level vs the bare antspyx registration calls on the same images.
+"""Participant level, whole, vs the bare antspyx registration calls on the same images.
 
-Generates demo participants, then for each one times (a) the bare ``ants.registration`` calls
-that the pipeline wraps (rigid co-registration when the T1w sits on its own grid, then affine+SyN
-to the template with the same profile parameters) and (b) the whole participant level for that
-participant (``bids_qnet ... participant --nprocs 1``) in a child process whose peak RSS is read
-from ``getrusage``. Prints a table and writes ``benchmarks/results/participant_level.json``.
+For one participant of a BIDS dataset (by default a generated demo participant) each repetition
+times, side by side and in alternating order:
 
-Usage: python benchmarks/participant_level.py [--participants 2] [--resolution 1]
-       [--profile precise|fast] [--weights random] [--image-size 224]
+(a) the bare ``ants.registration`` calls that the pipeline wraps, in this process (rigid
+    co-registration when the T1w has its own grid, then the Affine stage and the SyNOnly stage
+    initialised with it, template mask in both, the registration profile's parameters);
+(b) the whole participant level for that participant (``python -m bids_qnet.cli.run ...
+    participant``) in a child process, from start-up to exit, with its peak RSS (``wait4``);
+(c) optionally the same with another version of the code (``--baseline-source``, a folder
+    holding its ``bids_qnet`` package, e.g. ``git archive HEAD bids_qnet | tar -x -C DIR``):
+    a before/after comparison in the same run.
+
+Every pipeline run gets fresh output and work folders. ``--reference warm`` (default) first
+puts the template, mask and atlas on the output grid into the work folder, as every participant
+but the first finds them in a cohort run (the default work folder sits inside ``output_dir``);
+the one-off cost of making them (``cold``) is timed apart. The breakdown comes from the run's
+``-vv`` log (nipype node times, ``ants.registration`` call times) and is exact for
+``--plugin Linear``. Writes ``benchmarks/results/participant_level.json``.
+
+Usage: python benchmarks/participant_level.py [--bids DIR] [--participant 01] [--resolution 1]
+       [--profile fast] [--weights random] [--image-size 224] [--plugin Linear] [--repeats 2]
+       [--baseline-source DIR] [--reference warm|cold] [--tmp DIR]
 """
 
 from __future__ import annotations
@@ -15,20 +29,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
+import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import ants
-import numpy as np
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"  # before ITK starts, as the pipeline
 
-from bids_qnet.data import registration_profile
-from bids_qnet.demo import make_demo_dataset
-from bids_qnet.reference import brain_mask, load_reference, template_on_grid
+import ants  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_average, peak_rss_gib, report_header, write_result  # noqa: E402
+from _pipeline import breakdown, participant_command, run_timed  # noqa: E402
+
+from bids_qnet.data import registration_profile  # noqa: E402
+from bids_qnet.reference import (  # noqa: E402
+    atlas_on_grid,
+    brain_mask,
+    load_reference,
+    template_on_grid,
+)
 
 
 def _kwargs(section: dict) -> dict:
@@ -36,16 +60,17 @@ def _kwargs(section: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
 
 
-def bare_registration(anat: Path, template, mask, profile: dict) -> float:
-    """Time the bare ants.registration calls the pipeline makes, on one participant's images.
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    Co-registration (rigid, when the T1w has its own grid), then the normalisation as bids_qnet
-    runs it: an Affine stage and a SyNOnly stage initialised with it, template mask in both.
-    """
+
+def bare_registration(anat: Path, template, mask, profile: dict) -> tuple[float, float]:
+    """Time the bare ants.registration calls the pipeline makes; return wall and CPU seconds."""
     t1w = ants.image_read(str(next(anat.glob("*_T1w.nii.gz"))))
     r2s = ants.image_read(str(next(anat.glob("*_R2starmap.nii.gz"))))
     norm = _kwargs(profile["normalisation"])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     with tempfile.TemporaryDirectory() as tmp:
         same = t1w.shape == r2s.shape and np.allclose(t1w.origin, r2s.origin)
         if not same:
@@ -68,97 +93,122 @@ def bare_registration(anat: Path, template, mask, profile: dict) -> float:
             write_composite_transform=True,
             **{**norm, "type_of_transform": "SyNOnly"},
         )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
-def pipeline(bids: Path, out: Path, label: str, args) -> tuple[float, float]:
-    """Run the participant level for one participant; return (seconds, peak RSS in GiB)."""
-    command = [
-        sys.executable,
-        "-m",
-        "bids_qnet.cli.run",
-        str(bids),
-        str(out),
-        "participant",
-        "--participant-label",
-        label,
-        "--registration-profile",
-        args.profile,
-        "--embedding-weights",
-        args.weights,
-        "--image-size",
-        str(args.image_size),
-        "--template-resolution",
-        str(args.resolution),
-        "--nprocs",
-        "1",
-        "--omp-nthreads",
-        "1",
-        "--plugin",
-        "Linear",
-        "-w",
-        str(out.parent / "work"),
-        "--random-seed",
-        "1",
-    ]
+def reference_files(folder: Path, resolution: float) -> tuple[dict, float]:
+    """Make the template, mask and atlas on the output grid as the pipeline names them; time it."""
+    reference = load_reference()
+    res = f"{resolution:g}".replace(".", "p")
+    stem = f"tpl-{reference.space}_res-{res}"
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
-    return seconds, peak_gib
+    template = template_on_grid(reference, resolution)
+    images = {
+        f"{stem}_T1w.nii.gz": template,
+        f"{stem}_desc-brain_mask.nii.gz": brain_mask(template),
+        f"{stem}_atlas-{reference.atlas_name}_dseg.nii.gz": atlas_on_grid(reference, template),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        ants.image_write(image, str(folder / name))
+    return {"template": template, "mask": images[f"{stem}_desc-brain_mask.nii.gz"]}, (
+        time.perf_counter() - start
+    )
+
+
+def pipeline_run(bids: Path, root: Path, tag: str, args, reference: Path, source) -> dict:
+    """Run the participant level once in fresh folders; return its timings."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{tag}_", dir=root))
+    work = run_dir / "work"
+    if args.reference == "warm":
+        shutil.copytree(reference, work / "reference")
+    command = participant_command(bids, run_dir / "out", work, [args.participant], args)
+    run = run_timed(command, run_dir / "log.txt", source)
+    run["breakdown"] = breakdown(run)
+    if not args.keep:
+        shutil.rmtree(run_dir / "work", ignore_errors=True)
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--participants", type=int, default=2)
+    parser.add_argument("--bids", type=Path, help="BIDS dataset (default: a generated demo)")
+    parser.add_argument("--participant", default="01")
     parser.add_argument("--resolution", type=float, default=1.0)
-    parser.add_argument("--profile", default="precise")
+    parser.add_argument("--profile", default="fast")
     parser.add_argument("--weights", default="random")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--plugin", default="Linear")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--baseline-source", type=Path)
+    parser.add_argument("--reference", choices=("warm", "cold"), default="warm")
+    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--keep", action="store_true", help="keep each run's work folder")
+    parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    load_before = load_average()
+    root = Path(tempfile.mkdtemp(prefix="bids_qnet_participant_bench_", dir=args.tmp))
+    bids = args.bids
+    if bids is None:
+        from bids_qnet.demo import make_demo_dataset
+
+        bids = make_demo_dataset(
+            root / "bids", n_participants=1, seed=3, resolution=args.resolution
+        ).bids_dir
     profile = registration_profile(args.profile)
-    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
-        root = Path(tmp)
-        demo = make_demo_dataset(
-            root / "bids",
-            n_participants=args.participants,
-            seed=3,
-            resolution=args.resolution,
-            t1w_grid="mixed",
-        )
-        template = template_on_grid(load_reference(), args.resolution)
-        mask = brain_mask(template)
-        rows = []
-        for sub_dir in sorted((root / "bids").glob("sub-*")):
-            label = sub_dir.name.removeprefix("sub-")
-            bare = bare_registration(sub_dir / "anat", template, mask, profile)
-            seconds, peak = pipeline(demo.bids_dir, root / "out", label, args)
-            rows.append(
-                {
-                    "participant": label,
-                    "bare_registration_s": round(bare, 1),
-                    "participant_level_s": round(seconds, 1),
-                    "ratio": round(seconds / bare, 3),
-                    "peak_rss_gib": round(peak, 2),
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
-    result = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores",
-        "settings": vars(args),
-        "participants": rows,
-        "mean_ratio": round(float(np.mean([r["ratio"] for r in rows])), 3),
-        "max_peak_rss_gib": max(r["peak_rss_gib"] for r in rows),
+    images, cold_s = reference_files(root / "reference", args.resolution)
+    variants = {"pipeline": None}
+    if args.baseline_source:
+        variants = {"baseline": args.baseline_source.resolve(), "pipeline": None}
+    rows: dict[str, list] = {"bare": [], **{k: [] for k in variants}}
+    anat = bids / f"sub-{args.participant}" / "anat"
+    for repeat in range(args.repeats):
+        order = ["bare", *variants]
+        for tag in order if repeat % 2 == 0 else order[::-1]:  # alternate to cancel drift
+            load = load_average()
+            if tag == "bare":
+                wall, cpu = bare_registration(anat, images["template"], images["mask"], profile)
+                row = {"seconds": wall, "cpu_seconds": cpu}
+            else:
+                row = pipeline_run(bids, root, tag, args, root / "reference", variants[tag])
+            row.update(repeat=repeat, load_average_before=load, load_average_after=load_average())
+            rows[tag].append(row)
+            print(tag, json.dumps(row), flush=True)
+    bare = statistics.median(r["seconds"] for r in rows["bare"])
+    bare_cpu = statistics.median(r["cpu_seconds"] for r in rows["bare"])
+    figures = {
+        "bare_registration_s": round(bare, 1),
+        "bare_registration_cpu_s": round(bare_cpu, 1),
+        "cold_reference_files_s": round(cold_s, 1),
     }
-    target = Path(__file__).parent / "results" / "participant_level.json"
-    target.parent.mkdir(exist_ok=True)
-    target.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"mean ratio pipeline/bare registration: {result['mean_ratio']}; "
-        f"peak RSS {result['max_peak_rss_gib']} GiB -> {target}"
-    )
+    for tag in variants:
+        seconds = statistics.median(r["seconds"] for r in rows[tag])
+        cpu = statistics.median(r["cpu_seconds"] for r in rows[tag])
+        figures[f"{tag}_s"] = round(seconds, 1)
+        figures[f"{tag}_ratio"] = round(seconds / bare, 3)
+        figures[f"{tag}_cpu_s"] = round(cpu, 1)
+        figures[f"{tag}_cpu_ratio"] = round(cpu / bare_cpu, 3)
+        # Whole run over its own registration calls: no other run's load in the ratio.
+        logged = [r for r in rows[tag] if r["registration_calls_s"]]
+        own = [r["seconds"] / r["registration_calls_s"] for r in logged]
+        figures[f"{tag}_ratio_to_own_registration"] = (
+            round(statistics.median(own), 3) if own else None  # Linear plugin only
+        )
+        figures[f"{tag}_ratios_per_repeat"] = [
+            round(r["seconds"] / b["seconds"], 3)
+            for r, b in zip(rows[tag], rows["bare"], strict=True)
+        ]
+        figures[f"{tag}_peak_rss_gib"] = round(max(r["peak_rss_gib"] for r in rows[tag]), 2)
+        figures[f"{tag}_breakdown_s"] = {
+            k: round(statistics.median(r["breakdown"][k] for r in rows[tag]), 1)
+            for k in rows[tag][0]["breakdown"]
+        }
+    report = report_header("participant_level", vars(args), load_before)
+    report.update(figures=figures, runs=rows, benchmark_process_peak_rss_gib=peak_rss_gib())
+    path = write_result("participant_level", report, args.output)
+    print(json.dumps(figures, indent=1))
+    print(f"load {load_before} -> {report['load_average_after']}; wrote {path}")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

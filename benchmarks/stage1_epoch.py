@@ -12,18 +12,20 @@ Synthetic slice stacks are written as ``.npy`` files and opened as memmaps. Time
 (c) for the breakdown, the loading (DataLoader over the memmaps) and the train augmentation alone
     over one epoch.
 
-A few warm-up steps at the same shapes run first so that neither side pays one-off kernel set-up.
-Prints a table and writes ``benchmarks/results/stage1_epoch.json``.
+A few warm-up steps at the same shapes run first so that neither side pays one-off kernel set-up;
+with ``--repeats`` above 1 the two sides alternate (bare first on even repetitions) and the
+ratio is that of the medians. Prints a table and writes ``benchmarks/results/stage1_epoch.json``
+with the machine, the load average before and after, and the peak RSS.
 
 Usage: python benchmarks/stage1_epoch.py [--participants 40] [--slices 20] [--height 80]
-       [--width 100] [--image-size 96] [--batch-size 64] [--device cpu] [--seed 0]
+       [--width 100] [--image-size 96] [--batch-size 64] [--device cpu] [--seed 0] [--repeats 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +34,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from bids_qnet.embed import resolve_device
-from bids_qnet.models.resnet import build_classifier
-from bids_qnet.training.augment import test_transform, train_transform
-from bids_qnet.training.stage1 import Stage1Config, slice_dataset, train_stage1
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    cpu_seconds,
+    load_average,
+    peak_rss_gib,
+    report_header,
+    write_result,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results" / "stage1_epoch.json"
+from bids_qnet.embed import resolve_device  # noqa: E402
+from bids_qnet.models.resnet import build_classifier  # noqa: E402
+from bids_qnet.training.augment import test_transform, train_transform  # noqa: E402
+from bids_qnet.training.stage1 import Stage1Config, slice_dataset, train_stage1  # noqa: E402
 
 
 def synthetic_stacks(args, folder: Path) -> tuple[list[np.ndarray], list[int]]:
@@ -76,15 +85,15 @@ def warm_up(args, device: torch.device) -> None:
     sync(device)
 
 
-def bare_epoch(args, images: torch.Tensor, labels: torch.Tensor, device) -> float:
-    """Time one epoch of the plainest loop on in-memory, already resized tensors."""
+def bare_epoch(args, images: torch.Tensor, labels: torch.Tensor, device) -> tuple[float, float]:
+    """Time one epoch of the plainest loop on in-memory, already resized tensors (wall, CPU)."""
     model, _ = build_classifier(3, 2, "random", args.seed)
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
     images, labels = images.to(device), labels.to(device)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     for i in range(0, len(order), args.batch_size):
         index = order[i : i + args.batch_size].to(device)
         loss = F.cross_entropy(model(images[index]), labels[index])
@@ -92,7 +101,20 @@ def bare_epoch(args, images: torch.Tensor, labels: torch.Tensor, device) -> floa
         loss.backward()
         optimizer.step()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
+
+
+def staged_epoch(stacks, labels, config, device) -> tuple[float, float, float]:
+    """Run ``train_stage1`` for one epoch: (epoch wall s, epoch CPU s, whole call wall s).
+
+    The epoch's CPU time runs from the call to the end of the epoch (the progress callback), so
+    it also counts building the model (small): a slight overestimate.
+    """
+    marks = []
+    start, cpu = time.perf_counter(), cpu_seconds()
+    result = train_stage1(stacks, labels, 2, config, progress=lambda _: marks.append(cpu_seconds()))
+    sync(device)
+    return result.history[0]["seconds"], marks[0] - cpu, time.perf_counter() - start
 
 
 def pipeline_parts(args, stacks, labels, device) -> tuple[float, float]:
@@ -122,8 +144,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
+    parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    load_before = load_average()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     n_images = args.participants * args.slices
 
@@ -138,43 +165,49 @@ def main() -> None:
             seed=args.seed,
             device=str(device),
         )
-        start = time.perf_counter()
-        result = train_stage1(stacks, labels, 2, config)
-        sync(device)
-        call = time.perf_counter() - start
-        epoch = result.history[0]["seconds"]
-        loading, augmenting = pipeline_parts(args, stacks, labels, device)
         with torch.inference_mode():  # resize once, outside the timing
             resized = test_transform(args.image_size, 3)(torch.from_numpy(np.concatenate(stacks)))
         targets = torch.tensor(np.repeat(labels, args.slices))
-        bare = bare_epoch(args, resized.clone(), targets, device)
+        ours, bares = [], []  # (wall, CPU[, call]) per repetition
+        for repeat in range(args.repeats):
+            if repeat % 2 == 0:
+                bares.append(bare_epoch(args, resized.clone(), targets, device))
+            ours.append(staged_epoch(stacks, labels, config, device))
+            if repeat % 2 == 1:
+                bares.append(bare_epoch(args, resized.clone(), targets, device))
+            print(
+                f"repeat {repeat}: train_stage1 epoch {ours[-1][0]:.2f} s (CPU {ours[-1][1]:.2f}),"
+                f" bare {bares[-1][0]:.2f} s (CPU {bares[-1][1]:.2f})",
+                flush=True,
+            )
+        loading, augmenting = pipeline_parts(args, stacks, labels, device)
+    epoch, epoch_cpu, call = (statistics.median(r[i] for r in ours) for i in range(3))
+    bare, bare_cpu = (statistics.median(r[i] for r in bares) for i in range(2))
 
     figures = {
         "train_stage1_epoch_s": epoch,
         "train_stage1_call_s": call,
         "bare_epoch_s": bare,
         "ratio_epoch_vs_bare": epoch / bare,
+        "train_stage1_epoch_cpu_s": epoch_cpu,
+        "bare_epoch_cpu_s": bare_cpu,
+        "ratio_epoch_vs_bare_cpu": epoch_cpu / bare_cpu,
         "loading_epoch_s": loading,
         "augmentation_epoch_s": augmenting,
         "train_stage1_images_per_s": n_images / epoch,
         "bare_images_per_s": n_images / bare,
+        "train_stage1_epochs_wall_cpu_call_s": ours,
+        "bare_epochs_wall_cpu_s": bares,
+        "peak_rss_gib": peak_rss_gib(),
     }
-    report = {
-        "benchmark": "stage1_epoch",
-        "settings": {**vars(args), "output": str(args.output), "images": n_images},
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "figures": figures,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    report = report_header("stage1_epoch", {**vars(args), "images": n_images}, load_before)
+    report.update(device=str(device), threads=torch.get_num_threads(), figures=figures)
+    path = write_result("stage1_epoch", report, args.output)
     print(f"{n_images} slices {args.height}x{args.width} -> {args.image_size}, device {device}")
     for key, value in figures.items():
-        print(f"  {key:28s} {value:10.3f}")
-    print(f"wrote {args.output}")
+        if isinstance(value, float):
+            print(f"  {key:28s} {value:10.3f}")
+    print(f"load {load_before} -> {report['load_average_after']}; wrote {path}")
 
 
 if __name__ == "__main__":

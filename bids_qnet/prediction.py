@@ -14,6 +14,7 @@ from bids_qnet.group_inputs import Scan
 
 LOGGER = logging.getLogger(__name__)
 CARD = "model_card.json"
+KNOWN_MODELS = ("ResNet", "ResNetSWA", "QNet")
 
 
 def load_final_model(path: Path, device) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -29,7 +30,8 @@ def load_final_model(path: Path, device) -> tuple[dict[str, Any], dict[str, Any]
     MissingInputError
         The folder or its model card is missing.
     InputDataError
-        The folder is not a bids_qnet model, or a checkpoint cannot be loaded safely.
+        The folder is not a bids_qnet model, a checkpoint differs from the SHA-256 recorded in
+        the card (tampered or corrupt), or it cannot be loaded safely (``weights_only=True``).
     """
     from bids_qnet.training.stage1 import load_classifier, load_state
     from bids_qnet.training.stage2 import Stage2Config
@@ -48,10 +50,20 @@ def load_final_model(path: Path, device) -> tuple[dict[str, Any], dict[str, Any]
     needed = {"Name", "Classes", "Channels", "Crop", "TrainingSettings", "Models", "TrainedOn"}
     if card.get("Name") != "bids_qnet Q-Net" or not needed <= set(card):
         raise InputDataError(f"--model {card_path} is not a bids_qnet model card")
+    checksums = card.get("SHA256") or {}
+    unknown = [m for m in card["Models"] if m not in KNOWN_MODELS]
+    unchecked = [m for m in card["Models"] if not isinstance(checksums.get(f"{m}.pt"), str)]
+    if unknown:
+        raise InputDataError(f"--model {card_path} lists unknown models {unknown}")
+    if unchecked:
+        raise InputDataError(
+            f"--model {card_path} lists models without a recorded SHA-256 ({unchecked}): "
+            "their files cannot be checked; retrain the model with this bids_qnet version"
+        )
     n_classes = len(card["Classes"])
     fitted: dict[str, Any] = {}
     for name in card["Models"]:
-        state = load_state(folder / f"{name}.pt")
+        state = load_state(folder / f"{name}.pt", checksums[f"{name}.pt"])
         if name == "QNet":
             fitted["QNet"] = state
         else:
@@ -96,19 +108,23 @@ def predict_scans(
         One row per slice (image level) and per scan, for each model.
     """
     from bids_qnet.metrics import scan_scores_from_slices
-    from bids_qnet.training.stage1 import embed_slices_with, predict_slices
+    from bids_qnet.training.stage1 import predict_and_embed, predict_slices
     from bids_qnet.training.stage2 import predict_stage2
 
     rows: list[dict] = []
     if "ResNetSWA" in fitted:
         stacks = [s.load_slices() for s in scans]
         for name in ("ResNet", "ResNetSWA"):
-            logits = predict_slices(fitted[name], stacks, image_size, batch_size, device)
+            if name == "ResNetSWA":  # one pass gives Q-Net's embeddings too
+                logits, embeddings = predict_and_embed(
+                    fitted[name], stacks, image_size, batch_size, device
+                )
+            else:
+                logits = predict_slices(fitted[name], stacks, image_size, batch_size, device)
             for scan, slice_logits in zip(scans, logits, strict=True):
                 rows += _rows(scan, labels, name, "image", slice_logits)
                 vote, mean_logits = scan_scores_from_slices(slice_logits)
                 rows += _rows(scan, labels, name, "scan", mean_logits[None], prediction=vote)
-        embeddings = embed_slices_with(fitted["ResNetSWA"], stacks, image_size, batch_size, device)
     else:
         embeddings = [s.load_embeddings() for s in scans]
     outputs = predict_stage2(fitted["QNet"], embeddings, n_classes, fitted["stage2_config"])

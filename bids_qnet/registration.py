@@ -26,6 +26,7 @@ from bids_qnet.ants_calls import (
 )
 from bids_qnet.data import channel_defaults
 from bids_qnet.errors import InputDataError, RegistrationError, UsageError
+from bids_qnet.integrity import check_hdf5_whole
 
 if TYPE_CHECKING:  # pragma: no cover
     import ants
@@ -224,6 +225,8 @@ def normalise(
         If ``template_mask`` is not on the template's grid or is empty.
     RegistrationError
         If ANTs fails or does not write the composite transforms.
+    WriteError
+        If a composite transform was written incompletely (full disk, file-size limit).
     """
     kwargs = registration_kwargs(params, "normalisation")
     transform = kwargs.pop("type_of_transform", "SyN")
@@ -273,6 +276,8 @@ def normalise(
         result["inverse_composite"] = f"{out_prefix}InverseComposite.h5"
         move(composite[0], result["composite"])
         move(inverse[0], result["inverse_composite"])
+        for written in (result["composite"], result["inverse_composite"]):
+            check_hdf5_whole(written)  # antsRegistration hides a failed write; reading crashes
         result["affine"] = None
         if initial is not None:
             result["affine"] = f"{out_prefix}0GenericAffine.mat"
@@ -288,6 +293,7 @@ def to_template(
     template: ants.ANTsImage,
     transforms: list[str],
     interpolator: str = "linear",
+    imagetype: int = 0,
 ) -> ants.ANTsImage:
     """Resample an image onto the template grid in one step through a transform list.
 
@@ -307,6 +313,8 @@ def to_template(
     interpolator : str, optional
         An ``ants.apply_transforms`` interpolator: ``linear`` for maps, ``genericLabel`` or
         ``nearestNeighbor`` for labels, ``bSpline``, ``lanczosWindowedSinc``...
+    imagetype : int, optional
+        0: a scalar image; 3: a time series, volume by volume (:func:`to_template_series`).
 
     Returns
     -------
@@ -328,13 +336,15 @@ def to_template(
     missing = [t for t in transforms if not Path(t).is_file()]
     if missing:
         raise RegistrationError(f"transform file(s) missing: {', '.join(missing)}")
-    moving = finite(moving, "moving")
+    if imagetype == 0:
+        moving = finite(moving, "moving")
     try:
         return ants.apply_transforms(
             fixed=template,
             moving=moving,
             transformlist=transforms,
             interpolator=interpolator,
+            imagetype=imagetype,
             whichtoinvert=[False] * len(transforms),
             defaultvalue=0,
         )
@@ -344,3 +354,46 @@ def to_template(
         raise RegistrationError(f"applying transforms {transforms} failed: {exc}") from exc
     except RuntimeError as exc:
         raise RegistrationError(f"applying transforms {transforms} failed: {exc}") from exc
+
+
+def to_template_series(
+    moving: list[ants.ANTsImage],
+    template: ants.ANTsImage,
+    transforms: list[str],
+    interpolator: str = "linear",
+) -> list[ants.ANTsImage]:
+    """Resample images on one grid through one transform list, reading the transforms once.
+
+    One ``ants.apply_transforms`` call on the stacked images (``imagetype=3``, a time series).
+
+    Parameters
+    ----------
+    moving : list of ants.ANTsImage
+        3D images on one voxel grid (:func:`same_grid`), e.g. one acquisition's QSM and R2*.
+    template, transforms, interpolator
+        As for :func:`to_template`.
+
+    Returns
+    -------
+    list of ants.ANTsImage
+        In input order, each exactly as :func:`to_template` makes it.
+
+    Raises
+    ------
+    UsageError, RegistrationError
+        Images on different grids or none, else as for :func:`to_template`.
+    """
+    import ants
+
+    if not moving:
+        raise UsageError("to_template_series needs at least one image")
+    if len(moving) == 1:
+        return [to_template(moving[0], template, transforms, interpolator)]
+    if not all(same_grid(first := moving[0], image) for image in moving[1:]):
+        raise UsageError("to_template_series needs images on one grid; resample them apart")
+    volumes = np.stack([finite(image, "moving").numpy() for image in moving], axis=-1)
+    direction = np.eye(4)
+    direction[:3, :3] = np.asarray(first.direction)
+    series = ants.from_numpy(volumes, [*first.origin, 0.0], [*first.spacing, 1.0], direction)
+    out = to_template(series, template, transforms, interpolator, imagetype=3).numpy()
+    return [template.new_image_like(np.ascontiguousarray(out[..., k])) for k in range(len(moving))]

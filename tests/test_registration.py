@@ -335,6 +335,21 @@ def test_normalise_checks_mask(subject, template, fast, tmp_path):
         reg.normalise(subject["image"], template, empty, fast["normalisation"], str(tmp_path), 1)
 
 
+def test_to_template_series_equals_one_by_one(subject, template, normalised, tmp_path):
+    _rigid(subject["image"], (0.02, 0.0, -0.03), (1.0, 2.0, 0.0), tmp_path / "coreg.mat")
+    transforms = [*normalised["forward"], str(tmp_path / "coreg.mat")]  # as for a GRE channel
+    data = subject["image"].numpy()
+    data[10, 12, 8] = np.nan
+    images = [subject["image"].new_image_like(data), subject["image"].new_image_like(data**2)]
+    series = reg.to_template_series(images, template, transforms)
+    for image, out in zip(images, series, strict=True):
+        single = reg.to_template(image, template, transforms)
+        assert reg.same_grid(out, template) and out.pixeltype == single.pixeltype
+        assert np.array_equal(out.numpy(), single.numpy())
+    with pytest.raises(UsageError, match="one grid"):
+        reg.to_template_series([images[0], template], template, transforms)
+
+
 def test_to_template_checks(template, tmp_path):
     with pytest.raises(UsageError):
         reg.to_template(template, template, [])

@@ -18,6 +18,7 @@ from bids_qnet.training.stage1 import (
     embed_slices_with,
     load_classifier,
     load_state,
+    predict_and_embed,
     predict_slices,
     save_state,
     slice_dataset,
@@ -232,6 +233,18 @@ def test_predict_and_embed_shapes(trained):
     np.testing.assert_allclose(batch_invariant, logits[1], rtol=1e-4, atol=1e-4)
     with pytest.raises(InputDataError):
         predict_slices(model, [np.zeros((2, 1, SIZE, SIZE), np.float32)], SIZE, 4, "cpu")
+
+
+def test_one_pass_equals_two(trained):
+    stacks, _, result, _ = trained
+    model = load_classifier(result.swa_state, 3, 2)
+    uneven = [stacks[0][:2], stacks[1], stacks[2][:0]]
+    logits, embeddings = predict_and_embed(model, uneven, SIZE, 5, "cpu")
+    expected_logits = predict_slices(model, uneven, SIZE, 5, "cpu")
+    expected_embeddings = embed_slices_with(model, uneven, SIZE, 5, "cpu")
+    assert [a.shape for a in logits] == [(2, 2), (6, 2), (0, 2)]
+    for got, want in zip(logits + embeddings, expected_logits + expected_embeddings, strict=True):
+        assert got.dtype == np.float32 and np.array_equal(got, want)
 
 
 def test_save_load_round_trip(trained, tmp_path):

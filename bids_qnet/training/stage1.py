@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from bids_qnet.derivatives import write_atomic
 from bids_qnet.embed import EMBEDDING_DIM, WeightsInfo, resolve_device
-from bids_qnet.errors import InputDataError, MissingInputError, OutputError, UsageError
+from bids_qnet.errors import InputDataError, MissingInputError, UsageError, WriteError
+from bids_qnet.integrity import file_sha256
 from bids_qnet.models.resnet import build_classifier, features
 from bids_qnet.models.resnet import load_classifier as load_classifier  # re-exported
 from bids_qnet.training.augment import test_transform, train_transform
@@ -111,7 +112,9 @@ def train_stage1(
     statistics (``AveragedModel`` copies buffers, it does not average them) on the training
     slices through the **test** transform: the statistics serve at inference, on test-transformed
     slices. Deterministic on the CPU for a seed: the global RNG is seeded inside ``fork_rng``
-    (the caller's state is restored) and the shuffle has its own generator.
+    (the caller's state is restored) and the shuffle has its own generator. On CUDA the network
+    runs channels-last in bf16 autocast and ``cudnn.benchmark`` is switched on (shapes are
+    fixed), so GPU runs are fast but not bitwise repeatable.
 
     Parameters
     ----------
@@ -156,6 +159,10 @@ def train_stage1(
 def _fit(model, dataset, n_channels, device, config, progress):
     """Run the epoch loop; return the AveragedModel (BatchNorm not updated) and the history."""
     model.to(device).train()
+    cuda = device.type == "cuda"
+    if cuda:  # channels-last convolutions; cuDNN picks its fastest kernels for the fixed shapes
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     loader = _loader(dataset, config, device, shuffle=True)
     augment = train_transform(config.image_size, n_channels)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -169,6 +176,8 @@ def _fit(model, dataset, n_channels, device, config, progress):
         totals, seen = torch.zeros(2, device=device), 0  # loss sum, correct
         for x, y, *_ in loader:
             x = augment(x.to(device, non_blocking=True))
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x)
@@ -231,22 +240,85 @@ def embed_slices_with(
     return _run(model, features(model), stacks, image_size, batch_size, device)
 
 
-def save_state(state: dict, path: Path) -> None:
-    """``torch.save`` a state dict atomically (temporary file beside ``path``, then rename)."""
-    try:
-        write_atomic(Path(path), lambda tmp: torch.save(state, tmp))
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from exc
+def predict_and_embed(
+    model: nn.Module, stacks: Sequence[np.ndarray], image_size: int, batch_size: int, device
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Compute logits and 512-d embeddings of every slice in one forward pass per batch.
+
+    The trunk (``features(model)``) runs once and the head (``model.fc``) is applied to its
+    output, which is what ``model(x)`` computes: the results equal :func:`predict_slices` and
+    :func:`embed_slices_with` (bitwise on the CPU) at half their cost together.
+
+    Returns
+    -------
+    logits, embeddings : list of numpy.ndarray
+        ``(S, K)`` and ``(S, 512)`` float32 per stack.
+    """
+    return _run(model, features(model), stacks, image_size, batch_size, device, model.fc)
 
 
-def load_state(path: Path) -> dict:
-    """Read a state dict written by :func:`save_state` (``weights_only=True``, onto the CPU)."""
+def save_state(state: dict, path: Path) -> str:
+    """``torch.save`` a state dict atomically (temporary file beside ``path``, then rename).
+
+    Returns
+    -------
+    str
+        The SHA-256 of the file written, to record beside it and check in :func:`load_state`.
+    """
+
+    def write(tmp: Path) -> None:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write this way
+            raise WriteError(
+                f"writing {path} failed ({str(exc).strip()[:120]}); the disk may be full or a "
+                "file-size limit reached: free space and run the same command again"
+            ) from exc
+
+    write_atomic(Path(path), write)  # OutputError (73) / WriteError (74) on other failures
+    return file_sha256(Path(path))
+
+
+def load_state(path: Path, sha256: str | None = None) -> dict:
+    """Read a state dict written by :func:`save_state` (``weights_only=True``, onto the CPU).
+
+    Parameters
+    ----------
+    path : Path
+        The ``.pt`` file.
+    sha256 : str, optional
+        The checksum recorded when it was saved; when given, a file that differs is refused
+        before it is unpickled.
+
+    Raises
+    ------
+    MissingInputError
+        The file does not exist.
+    InputDataError
+        The checksum differs, or the file is not a plain state dict (``weights_only=True``
+        refuses pickled code).
+    """
+    if sha256 is not None and Path(path).is_file():
+        actual = file_sha256(Path(path))
+        if actual != sha256:
+            raise InputDataError(
+                f"{path} was modified after it was saved: its SHA-256 {actual[:16]}... differs "
+                f"from the recorded {sha256[:16]}...; refusing to load it (retrain, or restore "
+                "the original file)"
+            )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise MissingInputError(f"stage-1 weights {path} do not exist") from exc
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise InputDataError(f"{path} cannot be read as a state dict: {exc}") from exc
+        # torch's own message advises weights_only=False: show only the line saying why
+        noise = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if not ln.startswith(noise)), type(exc).__name__)
+        raise InputDataError(
+            f"{path} cannot be read as a state dict ({reason[:200]}); refusing it: a bids_qnet "
+            "checkpoint holds tensors only, so use checkpoints written by bids_qnet"
+        ) from exc
     if not isinstance(state, dict):
         raise InputDataError(f"{path} does not hold a state dict")
     return dict(state)
@@ -274,7 +346,8 @@ def _cpu(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _run(model, net, stacks, image_size, batch_size, device) -> list[np.ndarray]:
+def _run(model, net, stacks, image_size, batch_size, device, head=None):
+    """Run ``net`` over every slice; with ``head``, also ``head(net(x))`` (returns both)."""
     if int(image_size) < 1 or int(batch_size) < 1:
         raise UsageError(f"image_size and batch_size must be positive ({image_size}, {batch_size})")
     n_channels = _check_stacks(stacks, same_shape=True)
@@ -284,16 +357,28 @@ def _run(model, net, stacks, image_size, batch_size, device) -> list[np.ndarray]
     prepare = test_transform(int(image_size), n_channels)
     model.to(device).eval()
     net.eval()
-    outputs = []
+    outputs, heads, cuda = [], [], device.type == "cuda"
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    dataset = slice_dataset(stacks, [0] * len(stacks))
     try:
         with torch.inference_mode():
-            for x, *_ in DataLoader(slice_dataset(stacks, [0] * len(stacks)), int(batch_size)):
-                x = prepare(x.to(device))
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            for x, *_ in DataLoader(dataset, int(batch_size), pin_memory=cuda):
+                x = prepare(x.to(device, non_blocking=cuda))
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                     out = net(x)
+                    if head is not None:
+                        heads.append(head(out).float().cpu())
                 outputs.append(out.float().reshape(len(out), -1).cpu())
     finally:
         model.train(was_training)
+    bounds = np.cumsum([len(s) for s in stacks])[:-1]
     width = getattr(getattr(net, "fc", None), "out_features", EMBEDDING_DIM)
     flat = torch.cat(outputs).numpy() if outputs else np.zeros((0, width), np.float32)
-    return np.split(flat.astype(np.float32, copy=False), np.cumsum([len(s) for s in stacks])[:-1])
+    result = np.split(flat.astype(np.float32, copy=False), bounds)
+    if head is None:
+        return result
+    logits = torch.cat(heads).numpy() if heads else np.zeros((0, head.out_features), np.float32)
+    return np.split(logits.astype(np.float32, copy=False), bounds), result

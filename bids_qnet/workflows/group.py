@@ -22,7 +22,9 @@ from bids_qnet.config import Settings
 from bids_qnet.derivatives import CROP_DESC, write_atomic, write_bidsignore, write_json
 from bids_qnet.errors import EXIT_SUCCESS, UsageError
 from bids_qnet.group_inputs import Scan, check_consistent, find_scans
+from bids_qnet.integrity import file_sha256
 from bids_qnet.prediction import predict_scans
+from bids_qnet.provenance import software_versions
 from bids_qnet.reports.group import write_group_report
 from bids_qnet.stats import write_model_comparisons
 
@@ -89,6 +91,10 @@ def run_group_level(settings: Settings) -> int:
         LOGGER.info("fold %d done; run again without --fold to gather all folds", settings.fold)
         return EXIT_SUCCESS
     predictions = gather(settings, splits)
+    if settings.attribution != "none":
+        from bids_qnet.attribution import attribute_cohort
+
+        attribute_cohort(settings, scans, labels, spec, splits, predictions)
     final_model(settings, scans, labels, spec, n_classes, device, predictions)
     write_group_report(settings.output_dir, settings.bids_dir, settings.to_dict())
     return EXIT_SUCCESS
@@ -112,9 +118,10 @@ def run_fold(settings, scans, labels, splits, repeat, fold, n_classes, device) -
     folder = fold_dir(settings, repeat, fold)
     done = folder / "done.json"
     config = training_config(settings)
-    if done.is_file() and json.loads(done.read_text()).get("config") == config:
+    if not settings.overwrite and fold_is_done(folder, config):
         LOGGER.info("repeat %d fold %d already done", repeat, fold)
         return pd.read_csv(folder / "predictions.tsv", sep="\t")
+    done.unlink(missing_ok=True)  # the fold is not done until all its files are rewritten
     start = time.perf_counter()
     train_ids, test_ids = train_test_ids(splits, repeat, fold)
     check_no_leakage(train_ids, test_ids, f"repeat {repeat} fold {fold}")
@@ -132,9 +139,27 @@ def run_fold(settings, scans, labels, splits, repeat, fold, n_classes, device) -
     frame = pd.DataFrame(rows).assign(repeat=repeat, fold=fold)
     write_atomic(folder / "predictions.tsv", lambda tmp: frame.to_csv(tmp, sep="\t", index=False))
     seconds = round(time.perf_counter() - start, 1)
-    write_json(done, {"config": config, "seconds": seconds, "history": fitted["history"]})
+    checksums = {**fitted["checksums"], "predictions.tsv": file_sha256(folder / "predictions.tsv")}
+    record = {"config": config, "seconds": seconds, "SHA256": checksums}
+    write_json(done, record | {"Software": software_versions(), "history": fitted["history"]})
     LOGGER.info("repeat %d fold %d done in %.1f s", repeat, fold, seconds)
     return frame
+
+
+def fold_is_done(folder: Path, config: dict[str, Any]) -> bool:
+    """Tell whether a fold's ``done.json`` matches ``config`` and its predictions are intact."""
+    try:
+        record = json.loads((folder / "done.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if record.get("config") != config:
+        return False
+    predictions = folder / "predictions.tsv"
+    recorded = record.get("SHA256", {}).get("predictions.tsv")
+    if not predictions.is_file() or file_sha256(predictions) != recorded:
+        LOGGER.warning("%s changed since the fold finished; recomputing the fold", predictions)
+        return False
+    return True
 
 
 def training_config(settings: Settings) -> dict[str, Any]:
@@ -167,7 +192,7 @@ def fit_models(settings, train: list[Scan], labels, n_classes, device, seed, fol
     from bids_qnet.training.stage2 import Stage2Config, train_stage2
 
     y = [labels[s.participant_id] for s in train]
-    fitted: dict[str, Any] = {"history": {}}
+    fitted: dict[str, Any] = {"history": {}, "checksums": {}}
     if settings.stage1 == "train":
         stacks = [s.load_slices() for s in train]
         config1 = Stage1Config(
@@ -179,8 +204,8 @@ def fit_models(settings, train: list[Scan], labels, n_classes, device, seed, fol
             device=str(device),
         )
         result = train_stage1(stacks, y, n_classes, config1, progress=_progress("stage 1"))
-        save_state(result.last_state, folder / "ResNet.pt")
-        save_state(result.swa_state, folder / "ResNetSWA.pt")
+        for name, state in (("ResNet", result.last_state), ("ResNetSWA", result.swa_state)):
+            fitted["checksums"][f"{name}.pt"] = save_state(state, folder / f"{name}.pt")
         n_channels = stacks[0].shape[1]
         fitted["ResNet"] = load_classifier(result.last_state, n_channels, n_classes)
         fitted["ResNetSWA"] = load_classifier(result.swa_state, n_channels, n_classes)
@@ -197,7 +222,7 @@ def fit_models(settings, train: list[Scan], labels, n_classes, device, seed, fol
         device=str(device),
     )
     result2 = train_stage2(embeddings, y, n_classes, config2, progress=_progress("Q-Net"))
-    save_state(result2.state, folder / "QNet.pt")
+    fitted["checksums"]["QNet.pt"] = save_state(result2.state, folder / "QNet.pt")
     fitted["QNet"] = result2.state
     fitted["stage2_config"] = config2
     fitted["history"]["stage2"] = result2.history
@@ -254,6 +279,7 @@ def final_model(settings, scans, labels, spec, n_classes, device, predictions) -
     from bids_qnet.metrics import summarise
 
     folder = settings.output_dir / "models" / "final"
+    (folder / "model_card.json").unlink(missing_ok=True)  # no card over half-replaced weights
     LOGGER.info("training the final model on %d scans", len(scans))
     fitted = fit_models(settings, scans, labels, n_classes, device, settings.random_seed, folder)
     pooled = summarise(predictions[predictions["level"] == "scan"], "scan")
@@ -267,7 +293,9 @@ def final_model(settings, scans, labels, spec, n_classes, device, predictions) -
         "Crop": settings.crop,
         "TrainingSettings": training_config(settings),
         "TrainedOn": sorted({s.participant_id for s in scans}),
-        "Models": [m for m in MODELS if (folder / f"{m}.pt").is_file()],
+        "Models": [m for m in MODELS if f"{m}.pt" in fitted["checksums"]],
+        "SHA256": fitted["checksums"],
+        "Software": software_versions(),
         "CrossValidatedScanMetrics": pooled.to_dict(orient="records"),
         "History": fitted["history"],
     }

@@ -7,6 +7,8 @@ import os
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from bids_qnet import bids_io
@@ -28,6 +30,10 @@ from bids_qnet.errors import (
 
 LOGGER = logging.getLogger(__name__)
 ERROR_LINE = re.compile(r"bids_qnet\.errors\.(\w+): (.+)")
+#: Seconds between nipype's checks of its local (MultiProc) workers.
+POLL_SECONDS = 0.2
+# errno 27 EFBIG, 28 ENOSPC, 122 EDQUOT (Linux)
+DISK_FULL_LINE = re.compile(r"\[Errno (?:27|28|122)\] [^\n]+")
 
 
 def run_participant_level(settings: Settings) -> int:
@@ -41,35 +47,33 @@ def run_participant_level(settings: Settings) -> int:
     for variable in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(settings.omp_nthreads)
     from bids_qnet.data import registration_profile
-    from bids_qnet.embed import load_backbone, resolve_device
     from bids_qnet.reference import load_reference, region_indices
 
     profile = registration_profile(settings.registration_profile)
     reference = load_reference(settings.template, settings.atlas)
     indices = region_indices(reference, settings.crop_regions) if settings.crop == "bg" else {}
-    resolve_device(settings.device)
-    model = None
-    if settings.model is not None:
-        from bids_qnet.workflows.apply_model import check_model
-
-        model = check_model(settings)
-    load_backbone(settings.embedding_weights, len(settings.channels), settings.random_seed)
-
     layout = bids_io.load_layout(settings.bids_dir, settings.derivatives)
     subjects, unknown = bids_io.select_subjects(layout, settings.participant_label)
     problems = [
         bids_io.Problem(label, None, NothingSelectedError(f"participant label {label!r} not found"))
         for label in unknown
     ]
-    if not settings.skip_bids_validation:
-        from bids_qnet.validation import validate_dataset
+    # The validator is a separate process: the checks below run while it reads the dataset.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        validation = None
+        if not settings.skip_bids_validation:
+            from bids_qnet.validation import validate_dataset
 
-        invalid = validate_dataset(settings.bids_dir, subjects, sorted(layout.get_subjects()))
-        problems += [bids_io.Problem(s, None, error) for s, error in invalid.items()]
-        subjects = [s for s in subjects if s not in invalid]
+            everyone = sorted(layout.get_subjects())
+            validation = pool.submit(validate_dataset, settings.bids_dir, subjects, everyone)
+        model = _check_models(settings)
+        images = reference_images(settings, reference)
+        invalid = validation.result() if validation is not None else {}
+    problems += [bids_io.Problem(s, None, error) for s, error in invalid.items()]
+    subjects = [s for s in subjects if s not in invalid]
 
     init_derivatives(settings.output_dir, settings.bids_dir)
-    options = workflow_options(settings, profile, reference, indices)
+    options = workflow_options(settings, profile, reference, indices, images)
     todo, skipped, skipped_ids = [], [], []
     for subject in subjects:
         sessions = bids_io.select_sessions(layout, subject, settings.session_label)
@@ -88,10 +92,9 @@ def run_participant_level(settings: Settings) -> int:
                 inputs = bids_io.find_channels(
                     layout, subject, session, settings.channels, settings.bids_filters
                 )
-                options["input_info"][inputs.name] = {
-                    s: {"file": p.name, **bids_io.check_image(p)}
-                    for s, p in inputs.channels.items()
-                }
+                options["input_info"][inputs.name] = bids_io.check_channels(
+                    inputs.channels, settings.reference_channel
+                )
             except QNetError as exc:
                 problems.append(bids_io.Problem(subject, session, exc))
                 continue
@@ -116,9 +119,30 @@ def run_participant_level(settings: Settings) -> int:
     return _summarise(settings, todo, skipped, problems)
 
 
-def workflow_options(settings: Settings, profile: dict, reference, indices: dict) -> dict[str, Any]:
+def _check_models(settings: Settings):
+    """Fail early on an unusable device, embedding weights or ``--model``; return the model.
+
+    torch is imported only when there is something to check: ``--device auto|cpu`` cannot fail
+    and random weights cannot be missing (the workers import torch where they need it).
+    """
+    if settings.device not in ("auto", "cpu") or settings.embedding_weights != "random":
+        from bids_qnet.embed import load_backbone, resolve_device
+
+        resolve_device(settings.device)
+        if settings.embedding_weights != "random":
+            load_backbone(settings.embedding_weights, len(settings.channels), settings.random_seed)
+    if settings.model is None:
+        return None
+    from bids_qnet.workflows.apply_model import check_model
+
+    return check_model(settings)
+
+
+def workflow_options(
+    settings: Settings, profile: dict, reference, indices: dict, images: dict | None = None
+) -> dict[str, Any]:
     """Return the JSON-able options the workflow nodes receive, reference files prepared."""
-    files = prepare_reference_files(settings, reference)
+    files = prepare_reference_files(settings, reference, images)
     return {
         **files,
         "space": reference.space,
@@ -154,38 +178,64 @@ def workflow_options(settings: Settings, profile: dict, reference, indices: dict
     }
 
 
-def prepare_reference_files(settings: Settings, reference) -> dict[str, str]:
-    """Write the template, brain mask and atlas on the output grid once, for every node to read.
-
-    The atlas on that grid and its label table also go to the derivative dataset's root.
-    """
-    import ants
-    import pandas as pd
-
-    from bids_qnet.reference import atlas_on_grid, brain_mask, template_on_grid
+def reference_paths(settings: Settings, reference) -> dict[str, Path]:
+    """Return where the template, brain mask and atlas on the output grid are kept (work dir)."""
     from bids_qnet.workflows.sink import resolution_label
 
-    res = resolution_label(settings.template_resolution)
+    stem = f"tpl-{reference.space}_res-{resolution_label(settings.template_resolution)}"
     folder = settings.work_dir / "reference"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create work folder {folder}: {exc.strerror}") from exc
-    stem = f"tpl-{reference.space}_res-{res}"
-    paths = {
+    return {
         "template_file": folder / f"{stem}_T1w.nii.gz",
         "mask_file": folder / f"{stem}_desc-brain_mask.nii.gz",
         "atlas_file": folder / f"{stem}_atlas-{reference.atlas_name}_dseg.nii.gz",
     }
-    if not all(p.is_file() for p in paths.values()):
-        template = template_on_grid(reference, settings.template_resolution)
-        images = {
-            "template_file": template,
-            "mask_file": brain_mask(template),
-            "atlas_file": atlas_on_grid(reference, template),
-        }
+
+
+def reference_images(settings: Settings, reference) -> dict | None:
+    """Compute the template, mask and atlas on the output grid, unless the work dir has them.
+
+    The atlas resampling (``genericLabel``) takes about 10 s at 1 mm; every later run with the
+    same work dir (by default inside ``output_dir``, so shared by all participants) reuses it.
+    Returns None when the files are there, else the ANTs images keyed as
+    :func:`reference_paths`.
+    """
+    if all(p.is_file() for p in reference_paths(settings, reference).values()):
+        return None
+    from bids_qnet.reference import atlas_on_grid, brain_mask, template_on_grid
+
+    template = template_on_grid(reference, settings.template_resolution)
+    return {
+        "template_file": template,
+        "mask_file": brain_mask(template),
+        "atlas_file": atlas_on_grid(reference, template),
+    }
+
+
+def prepare_reference_files(settings: Settings, reference, images: dict | None = None) -> dict:
+    """Write the template, brain mask and atlas on the output grid once, for every node to read.
+
+    ``images`` (from :func:`reference_images`) are written when given; otherwise they are
+    computed when the work dir lacks them. The atlas on that grid and its label table also go
+    to the derivative dataset's root.
+    """
+    import pandas as pd
+
+    from bids_qnet.workflows.sink import resolution_label
+
+    res = resolution_label(settings.template_resolution)
+    paths = reference_paths(settings, reference)
+    folder = paths["template_file"].parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create work folder {folder}: {exc.strerror}") from exc
+    if images is None:
+        images = reference_images(settings, reference)
+    if images is not None:
+        from bids_qnet.ants_calls import write_image
+
         for key, image in images.items():
-            write_atomic(paths[key], lambda tmp, im=image: ants.image_write(im, str(tmp)))
+            write_image(image, paths[key])
     root = settings.output_dir
     dseg = root / f"space-{reference.space}_atlas-{reference.atlas_name}_res-{res}_dseg.nii.gz"
     if not dseg.is_file():
@@ -242,6 +292,10 @@ def _run_workflow(settings: Settings, todo: list, options: dict) -> None:
         plugin_args.setdefault("mp_context", "forkserver")
         if settings.mem_gb:
             plugin_args.setdefault("memory_gb", settings.mem_gb)
+        # nipype polls its local workers every 2 s by default: up to 2 s idle after every node
+        # (about 10 s per participant). Polling local futures is cheap; keep the default for
+        # cluster plugins, where every poll queries the scheduler.
+        workflow.config["execution"]["poll_sleep_duration"] = POLL_SECONDS
     LOGGER.info(
         "processing %d participant(s) with nipype %s: %s",
         len(todo),
@@ -268,10 +322,18 @@ def _collect_failures(settings: Settings, todo: list, options: dict) -> list:
         crashes = sorted(crash_dir.glob("crash-*.txt"))
         error: QNetError = QNetError(f"failed; see the log in {crash_dir}")
         for crash in crashes:
-            match = ERROR_LINE.search(crash.read_text(errors="replace"))
+            text = crash.read_text(errors="replace")
+            match = ERROR_LINE.search(text)
             if match:
                 cls = getattr(errors, match.group(1), QNetError)
                 error = cls(f"{match.group(2)} (crash file: {crash})")
+                break
+            full = DISK_FULL_LINE.search(text)
+            if full:  # a step's own write to the work folder
+                error = errors.WriteError(
+                    f"a processing step could not write ({full.group(0)}): free disk space and "
+                    f"run the same command again (crash file: {crash})"
+                )
                 break
             error = QNetError(f"a processing step crashed; see {crash}")
         problems.append(bids_io.Problem(inputs.subject, inputs.session, error))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,16 @@ LOGGER = logging.getLogger(__name__)
 
 
 def set_threads(nthreads: int) -> None:
-    """Set ITK and torch thread counts for this process."""
+    """Set ITK and torch thread counts for this process.
+
+    torch is not imported for this (3 s a process): a worker that has not imported it reads
+    ``OMP_NUM_THREADS`` when it does.
+    """
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(nthreads)
     os.environ["OMP_NUM_THREADS"] = str(nthreads)
-    import torch
-
-    torch.set_num_threads(nthreads)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != nthreads:
+        torch.set_num_threads(nthreads)
 
 
 def prepare(channels: dict[str, str], nthreads: int) -> tuple[dict[str, str], dict[str, Any]]:
@@ -90,10 +96,15 @@ def coregister(
 def normalise(
     reference_image: str, template: str, mask: str, profile: dict, seed: int, nthreads: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Register the reference channel to the template (affine + SyN) and check the result."""
+    """Register the reference channel to the template (affine + SyN) and check the result.
+
+    The reference channel warped for the check is kept (``xfm["warped"]``, made from
+    ``xfm["warped_from"]``): :func:`resample` reuses it instead of resampling it again.
+    """
     import ants
 
     from bids_qnet import registration, registration_quality
+    from bids_qnet.ants_calls import write_image
 
     set_threads(nthreads)
     start = time.perf_counter()
@@ -105,6 +116,8 @@ def normalise(
     warped = registration.to_template(moving, template_img, xfm["forward"])
     quality = registration_quality.quality(warped, template_img, mask_img)
     registration_quality.check_quality(quality, profile["quality"], Path(reference_image).name)
+    xfm["warped"] = str(write_image(warped, Path.cwd() / "reference_space-template.nii.gz"))
+    xfm["warped_from"] = reference_image
     info = {
         "TransformType": xfm.get(
             "type_of_transform", profile["normalisation"]["type_of_transform"]
@@ -122,21 +135,36 @@ def resample(
     template: str,
     nthreads: int,
 ) -> tuple[dict[str, str], dict[str, Any]]:
-    """Resample every channel once onto the template grid with the composed transforms."""
+    """Resample every channel once onto the template grid with the composed transforms.
+
+    The reference channel, already resampled by :func:`normalise`, is copied; channels that
+    share a grid and a transform list are resampled together, reading the transforms once.
+    """
     import ants
 
     from bids_qnet import registration
+    from bids_qnet.ants_calls import write_image
 
     set_threads(nthreads)
     start = time.perf_counter()
     template_img = ants.image_read(template)
-    registered = {}
+    outputs = {s: Path.cwd() / f"{s}_space-template.nii.gz" for s in prepared}
+    groups: dict[tuple[str, ...], list[str]] = {}
     for suffix, path in prepared.items():
-        transforms = [*xfm["forward"], *coreg.get(suffix, [])]
-        image = registration.to_template(ants.image_read(path), template_img, transforms)
-        out = Path.cwd() / f"{suffix}_space-template.nii.gz"
-        ants.image_write(image, str(out))
-        registered[suffix] = str(out)
+        transforms = (*xfm["forward"], *coreg.get(suffix, []))
+        if xfm.get("warped") and path == xfm.get("warped_from") and not coreg.get(suffix):
+            shutil.copyfile(xfm["warped"], outputs[suffix])
+        else:
+            groups.setdefault(transforms, []).append(suffix)
+    for transforms, suffixes in groups.items():
+        images = {s: ants.image_read(prepared[s]) for s in suffixes}
+        for grid in registration.group_by_grid(images):
+            moved = registration.to_template_series(
+                [images[s] for s in grid], template_img, list(transforms)
+            )
+            for suffix, image in zip(grid, moved, strict=True):
+                write_image(image, outputs[suffix])  # ITK does not report a failed write
+    registered = {s: str(p) for s, p in outputs.items()}
     return registered, {"Seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -176,11 +204,11 @@ def crop(
             "low": float(low),
             "high": float(high),
         }
-        volumes.append(cropping.stretch(data, low, high))
+        volumes.append(cropping.stretch(data[box.slices], low, high))  # the box only
         out = Path.cwd() / f"{suffix}_crop.nii.gz"
-        nib.save(image.slicer[box.slices], out)
+        nib.save(_crop_image(image, data, box.slices), out)
         cropped[suffix] = str(out)
-    stack = cropping.slice_stack(volumes, box)
+    stack = cropping.slice_stack(volumes, cropping.Box((0, 0, 0), box.shape))
     stack_path = Path.cwd() / "slices.npy"
     np.save(stack_path, stack)
     info = {
@@ -226,6 +254,14 @@ def embed(
         "Seconds": round(time.perf_counter() - start, 2),
     }
     return str(out), info
+
+
+def _crop_image(image, data: np.ndarray, slices: tuple[slice, ...]):
+    """Return ``image.slicer[slices]``, from ``data`` when it holds the file's values as stored."""
+    if image.get_data_dtype() != data.dtype:
+        return image.slicer[slices]  # let nibabel scale the stored values as it does
+    affine = image.slicer.slice_affine(slices)
+    return image.__class__(data[slices].copy(), affine, image.header, image.extra)
 
 
 def _box_mm(box, affine: np.ndarray) -> dict[str, list[float]]:
