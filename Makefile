@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Quick CPU configuration of the group level for the demo (the CLI defaults are the paper's:
 # 10 folds, 100 + 50 epochs, 224 px, meant for a GPU).
-GROUP_QUICK ?= --folds 4 --epochs 3 --qnet-epochs 20 --image-size 96 --batch-size 32
+GROUP_QUICK ?= --folds 4 --epochs 3 --qnet-epochs 20 --image-size 96 --batch-size 32 --ig-steps 8
 
 # The main job on the built-in synthetic demo dataset: participant level, then group level.
 demo: venv
@@ -30,7 +30,7 @@ demo: venv
 		--nprocs $(NPROCS) --omp-nthreads 1 -w $(DEMO)/work
 	$(BIN)/bids_qnet $(DEMO)/bids $(DEMO)/derivatives group \
 		--embedding-weights $(WEIGHTS) $(GROUP_QUICK)
-	@echo "Reports: $(DEMO)/derivatives/sub-*.html; cross-validated metrics: $(DEMO)/derivatives/desc-cv_metrics.tsv"
+	@echo "Reports: $(DEMO)/derivatives/group.html and $(DEMO)/derivatives/sub-*.html"
 
 test: venv
 	$(BIN)/python -m pytest tests
