@@ -203,7 +203,10 @@ def find_channels(
     """
     inputs = ParticipantInputs(subject, session)
     for suffix in channels:
-        query = {"datatype": "anat", **filters.get("all", {}), **filters.get(suffix, {})}
+        # pybids 0.22 matches ``datatype`` anywhere in the absolute path (a dataset under
+        # /data/perf/ would lose its anat images), so the datatype folder is checked here.
+        query = {**filters.get("all", {}), **filters.get(suffix, {})}
+        datatype = query.pop("datatype", "anat")
         query.update(subject=subject, suffix=suffix, extension=NIFTI_EXTENSIONS)
         if session is not None:
             query["session"] = session
@@ -211,7 +214,7 @@ def find_channels(
             files = sorted(set(layout.get(return_type="file", **query)))
         except ValueError as exc:  # pybids: an entity name it does not know
             raise UsageError(f"--bids-filter-file query for {suffix} is invalid: {exc}") from exc
-        files = [f for f in files if "/sourcedata/" not in f]
+        files = [f for f in files if _in_datatype_folder(Path(f), subject, datatype)]
         queried = {**filters.get("all", {}), **filters.get(suffix, {})}
         if not files and queried:
             raise NothingSelectedError(
@@ -232,6 +235,16 @@ def find_channels(
             )
         inputs.channels[suffix] = Path(files[0])
     return inputs
+
+
+def _in_datatype_folder(path: Path, subject: str, datatype: str) -> bool:
+    """Whether ``path`` is ``[...]/sub-<label>/[ses-<label>/]<datatype>/file``, not sourcedata."""
+    parts = path.parts
+    top = f"sub-{subject}"
+    if top not in parts[:-1] or parts[-2] != datatype:
+        return False
+    index = len(parts) - 1 - parts[::-1].index(top)
+    return index == 0 or parts[index - 1] != "sourcedata"
 
 
 def check_image(path: Path) -> dict[str, Any]:

@@ -152,3 +152,22 @@ def test_sessions_are_selected_and_found(tmp_path):
     found = bids_io.find_channels(layout, "01", "pre", ["Chimap", "T1w"], {})
     assert found.name == "sub-01_ses-pre"
     assert found.channels["T1w"].name == "sub-01_ses-pre_T1w.nii.gz"
+
+
+@pytest.mark.parametrize("parent", ["perf", "sourcedata", "anat"])
+def test_find_channels_ignores_folder_names_above_the_dataset(tmp_path, parent):
+    # pybids matches ``datatype`` anywhere in the absolute path; a dataset kept under a folder
+    # named like a datatype (or "sourcedata") must still be found, and only its anat images.
+    root = tmp_path / parent / "bids"
+    root.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "t", "BIDSVersion": "1.10.0"})
+    )
+    _image(root / "sub-01" / "anat" / "sub-01_Chimap.nii.gz", np.ones((4, 5, 6)))
+    _image(root / "sub-01" / "perf" / "sub-01_T1w.nii.gz", np.ones((4, 5, 6)))
+    _image(root / "sourcedata" / "sub-01" / "anat" / "sub-01_T1w.nii.gz", np.ones((4, 5, 6)))
+    layout = bids_io.load_layout(root)
+    found = bids_io.find_channels(layout, "01", None, ["Chimap"], {})
+    assert found.channels["Chimap"] == root / "sub-01" / "anat" / "sub-01_Chimap.nii.gz"
+    with pytest.raises(MissingInputError, match="T1w"):
+        bids_io.find_channels(layout, "01", None, ["T1w"], {})
