@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from bids_qnet.attribution.contrast import class_references, reference_attribution
-from bids_qnet.attribution.network import SliceToScan, StoredToScan, stage1_geometry
-from bids_qnet.training.stage2 import Stage2Config, build_qnet
+from bids_qnet.attribution.network import StoredToScan
+
+from .attribution_models import smooth_model
 
 
 class _Stack:
@@ -33,21 +33,7 @@ def test_each_class_is_referred_to_the_mean_of_the_others():
 
 
 def test_reference_attribution_is_complete_through_the_stretch():
-    torch.manual_seed(0)
-    backbone = nn.Sequential(
-        nn.Conv2d(3, 8, 5, stride=2),
-        nn.Tanh(),
-        nn.AdaptiveAvgPool2d(4),
-        nn.Flatten(),
-        nn.Linear(128, 512),
-        nn.Tanh(),
-    )
-    qnet = build_qnet(2, Stage2Config(hidden=8))
-    with torch.no_grad():
-        for parameter in qnet.parameters():
-            parameter.mul_(4.0)
-    geometry, normalise = stage1_geometry(32, 3)
-    model = SliceToScan(backbone, qnet, geometry, normalise, stretch=True).eval()
+    model = smooth_model(0, 32).eval()
     rng = np.random.default_rng(1)
     reference = rng.random((4, 3, 14, 18), dtype=np.float32)
     x = torch.from_numpy(reference.copy())[None]

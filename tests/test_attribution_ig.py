@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from bids_qnet.attribution.integrated import (
     grad_cam,
@@ -15,6 +14,8 @@ from bids_qnet.attribution.network import SliceClassifier, SliceToScan, stage1_g
 from bids_qnet.errors import UsageError
 from bids_qnet.models.resnet import build_classifier, features
 from bids_qnet.training.stage2 import Stage2Config, build_qnet
+
+from .attribution_models import smooth_model
 
 SIZE = 32
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -33,22 +34,7 @@ def _model(seed=0):
 
 
 def _smooth_model(seed=0):
-    """Q-Net behind a small smooth (tanh) backbone: Integrated Gradients converge quickly."""
-    torch.manual_seed(seed)
-    backbone = nn.Sequential(
-        nn.Conv2d(3, 8, 5, stride=2),
-        nn.Tanh(),
-        nn.AdaptiveAvgPool2d(4),
-        nn.Flatten(),
-        nn.Linear(128, 512),
-        nn.Tanh(),
-    )
-    qnet = build_qnet(2, Stage2Config(hidden=8))
-    with torch.no_grad():
-        for parameter in qnet.parameters():
-            parameter.mul_(4.0)
-    geometry, normalise = stage1_geometry(SIZE, 3)
-    return SliceToScan(backbone, qnet, geometry, normalise, stretch=True)
+    return smooth_model(seed, SIZE)
 
 
 def _input(model, seed=1, shape=(1, 4, 3, 14, 18)):
