@@ -153,3 +153,11 @@ def report_header(name: str, settings: dict[str, Any], load_before: list[float])
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }
+
+
+def sync(device) -> None:
+    """Wait for queued CUDA work so a timer sees it (no-op on the CPU)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)

@@ -34,6 +34,7 @@ from _common import (  # noqa: E402
     memory_status,
     peak_rss_gib,
     report_header,
+    sync,
     write_result,
 )
 
@@ -45,11 +46,6 @@ from bids_qnet.embed import (  # noqa: E402
     load_backbone,
     resolve_device,
 )
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare_inputs(stack: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:

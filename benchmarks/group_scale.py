@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, peak_rss_gib, report_header, write_result  # noqa: E402
+from _common import load_average, peak_rss_gib, report_header, sync, write_result  # noqa: E402
 
 from bids_qnet.embed import resolve_device  # noqa: E402
 from bids_qnet.models.resnet import build_classifier  # noqa: E402
@@ -47,11 +47,6 @@ from bids_qnet.training.stage1 import (  # noqa: E402
     slice_dataset,
 )
 from bids_qnet.training.stage2 import Stage2Config, train_stage2  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def cohort(folder: Path, args) -> list[np.ndarray]:

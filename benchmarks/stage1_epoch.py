@@ -40,6 +40,7 @@ from _common import (  # noqa: E402
     load_average,
     peak_rss_gib,
     report_header,
+    sync,
     write_result,
 )
 
@@ -63,11 +64,6 @@ def synthetic_stacks(args, folder: Path) -> tuple[list[np.ndarray], list[int]]:
         stacks.append(np.load(path, mmap_mode="r"))
         labels.append(p % 2)
     return stacks, labels
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def warm_up(args, device: torch.device) -> None:
