@@ -41,7 +41,7 @@ import numpy as np
 
 from bids_qnet.derivatives import write_atomic
 from bids_qnet.errors import InputDataError, RegistrationError, UsageError
-from bids_qnet.integrity import check_gzip_whole
+from bids_qnet.integrity import check_gzip_whole, check_nifti_whole
 
 if TYPE_CHECKING:  # pragma: no cover
     import ants
@@ -256,7 +256,7 @@ def write_image(image: ants.ANTsImage, path: Path) -> Path:
 
     ``ants.image_write`` does not report a failed write (full disk, file-size limit): it
     prints an ITK error and leaves a truncated file. A ``.nii.gz`` is therefore read back to
-    its end before it is renamed into place.
+    its end, and a ``.nii`` must be as long as its header says, before it is renamed into place.
 
     Raises
     ------
@@ -269,6 +269,8 @@ def write_image(image: ants.ANTsImage, path: Path) -> Path:
         ants.image_write(image, str(tmp))
         if tmp.name.endswith(".gz"):
             check_gzip_whole(tmp)
+        elif tmp.name.endswith(".nii"):
+            check_nifti_whole(tmp)
 
     return write_atomic(Path(path), write)
 

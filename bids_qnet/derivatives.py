@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
 import math
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,10 @@ PIPELINE_NAME = "bids_qnet"
 TMP_PREFIX = ".tmp-"
 # errno values that mean "not allowed to write here" (exit 73); any other write error is 74.
 NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+# gzip level of the NIfTI derivatives: nibabel's default; float maps barely compress further
+# (level 6: 1 % smaller, 25 % slower).
+GZIP_LEVEL = 1
 
 # ``desc-`` of the cropped outputs for each ``--crop`` choice.
 CROP_DESC = {"bg": "bgcrop", "full": "brain"}
@@ -163,6 +169,22 @@ def write_atomic(path: Path, writer: Callable[[Path], Any]) -> Path:
     except OSError as exc:
         raise output_error(exc, path) from exc
     return path
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target``, gzip-compressing it when only ``target`` ends in ``.gz``.
+
+    The gzip header carries no name and no time, so the same content gives the same bytes.
+    """
+    source, target = Path(source), Path(target)
+    if target.name.endswith(".gz") and not source.name.endswith(".gz"):
+        with source.open("rb") as src, target.open("wb") as raw:
+            with gzip.GzipFile(
+                filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw, mtime=0
+            ) as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+    else:
+        shutil.copyfile(source, target)
 
 
 def output_error(exc: OSError, path: Path) -> QNetError:

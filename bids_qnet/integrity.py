@@ -14,6 +14,8 @@ import hashlib
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from bids_qnet.errors import WriteError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -39,6 +41,22 @@ def check_gzip_whole(path: Path) -> None:
                 pass
     except (OSError, EOFError) as exc:
         raise WriteError(f"{path} was written incompletely ({exc}); {_FULL_DISK_HINT}") from exc
+
+
+def check_nifti_whole(path: Path) -> None:
+    """Raise :class:`WriteError` unless a ``.nii`` holds every voxel its header declares."""
+    import nibabel as nib
+
+    try:
+        data = nib.load(path).dataobj  # the header of a loaded image no longer has the offset
+        expected = int(data.offset) + int(np.prod(data.shape, dtype=np.int64)) * data.dtype.itemsize
+        size = Path(path).stat().st_size
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise WriteError(f"{path} was written incompletely ({exc}); {_FULL_DISK_HINT}") from exc
+    if size < expected:
+        raise WriteError(
+            f"{path} was written incompletely ({size} of {expected} bytes); {_FULL_DISK_HINT}"
+        )
 
 
 def hdf5_end_of_file(path: Path) -> int:

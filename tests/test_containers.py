@@ -97,7 +97,7 @@ def test_labels_take_the_version_argument(dockerfile):
 
 def test_entrypoint_runscript_and_console_script_agree(dockerfile, singularity):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["bids_qnet"] == "bids_qnet.cli.run:main"
+    assert scripts["bids_qnet"] == "bids_qnet.cli.run:console_main"
     assert [json.loads(e) for e in _all(dockerfile["final"], "ENTRYPOINT")] == [["bids_qnet"]]
     assert singularity["sections"]["runscript"] == ['exec bids_qnet "$@"']
     assert "bids_qnet --version" in singularity["sections"]["test"]

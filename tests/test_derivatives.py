@@ -1,18 +1,24 @@
+import gzip
 import json
 import multiprocessing
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from bids_qnet.derivatives import (
     atomic_path,
     build_path,
+    copy_file,
     init_derivatives,
     is_complete,
     raw_source,
     sidecar_path,
     write_sidecar,
 )
+from bids_qnet.errors import WriteError
+from bids_qnet.integrity import check_nifti_whole
 
 
 def test_build_path_orders_entities():
@@ -74,3 +80,30 @@ def test_concurrent_init_leaves_one_valid_description(tmp_path):
     assert description["GeneratedBy"][0]["Name"] == "bids_qnet"
     assert [p.name for p in out.iterdir() if p.name.startswith(".tmp")] == []
     assert "*_embeddings.npy" in (out / ".bidsignore").read_text()
+
+
+def test_copy_file_compresses_a_nifti_reproducibly(tmp_path):
+    data = np.random.default_rng(0).normal(size=(7, 8, 9)).astype(np.float32)
+    source = tmp_path / "step.nii"
+    nib.save(nib.Nifti1Image(data, np.diag([0.9, 0.9, 2.0, 1.0])), source)
+    first, second = tmp_path / "a_T1w.nii.gz", tmp_path / "b_T1w.nii.gz"
+    copy_file(source, first)
+    copy_file(source, second)
+    assert gzip.decompress(first.read_bytes()) == source.read_bytes()
+    assert first.read_bytes() == second.read_bytes()  # no name, no time in the gzip header
+    np.testing.assert_array_equal(np.asarray(nib.load(first).dataobj), data)
+    plain = tmp_path / "c.nii"
+    copy_file(source, plain)  # same extension: a plain copy
+    assert plain.read_bytes() == source.read_bytes()
+
+
+def test_truncated_nifti_is_caught(tmp_path):
+    path = tmp_path / "x.nii"
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.float32), np.eye(4)), path)
+    check_nifti_whole(path)  # whole: no error
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(WriteError, match=r"x.nii was written incompletely \(4351 of 4352 bytes\)"):
+        check_nifti_whole(path)
+    path.write_bytes(b"")
+    with pytest.raises(WriteError, match="written incompletely"):
+        check_nifti_whole(path)

@@ -12,6 +12,7 @@ import os
 import uuid
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -190,22 +191,24 @@ def slice_montage(
 
     panel_w = 1.1
     panel_h = panel_w * height / width
+    gap = max(1, round(0.04 * width))  # white columns between slices, in pixels
     fig = Figure(figsize=(1.2 + len(indices) * panel_w, 0.8 + len(rows) * (panel_h + 0.1)), dpi=DPI)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), len(indices), squeeze=False)
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    centres = [k * (width + gap) + (width - 1) / 2 for k in range(len(indices))]
     for r, (label, channel) in enumerate(rows):
-        axes[r, 0].text(
-            -0.06, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7
-        )
-        for col, s in enumerate(indices):
-            ax = axes[r, col]
-            if channel is None:
-                ax.imshow(np.moveaxis(stack[s], 0, -1), interpolation="nearest")
-            else:
-                ax.imshow(stack[s, channel], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_axis_off()
-            if r == 0:
-                ax.set_title(f"#{s}", fontsize=8)
+        ax = axes[r]
+        ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=7)
+        if channel is None:
+            ax.imshow(_tiles(np.moveaxis(stack[indices], 1, -1), gap), interpolation="nearest")
+        else:
+            grey = _tiles(stack[indices, channel], gap, fill=np.nan)
+            cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+            ax.imshow(grey, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+        if r == 0:
+            for x, s in zip(centres, indices, strict=True):
+                ax.text(x, -1, f"#{s}", ha="center", va="bottom", fontsize=8)
     caption = f"{n_slices} slices, inferior to superior; anterior at the top of each panel"
     fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=9)
     fig_w, fig_h = fig.get_size_inches()
@@ -213,6 +216,15 @@ def slice_montage(
         left=1.2 / fig_w, right=0.995, bottom=0.02, top=1 - 0.6 / fig_h, wspace=0.04, hspace=0.08
     )
     return _save(fig, Path(out_path))
+
+
+def _tiles(images: np.ndarray, gap: int, fill: float = 1.0) -> np.ndarray:
+    """Place images (N, H, W[, 3]) side by side, ``gap`` columns of ``fill`` between them."""
+    count, height, width = images.shape[:3]
+    out = np.full((height, count * width + (count - 1) * gap, *images.shape[3:]), fill, np.float32)
+    for k in range(count):
+        out[:, k * (width + gap) : k * (width + gap) + width] = images[k]
+    return out
 
 
 def robust_window(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
@@ -277,7 +289,7 @@ def _panel(ax, plane: str, index: int, image, window, outlines, lower, upper, zo
     normal, h_axis, v_axis = _AXES[plane]
     shape = image.shape
     extent = (0.0, shape[h_axis] * zooms[h_axis], 0.0, shape[v_axis] * zooms[v_axis])
-    cut = np.nan_to_num(np.take(image, index, axis=normal).T)  # rows: vertical axis
+    cut = np.nan_to_num(_plane(image, normal, index).T)  # rows: vertical axis
     ax.imshow(
         cut,
         cmap="gray",
@@ -292,7 +304,7 @@ def _panel(ax, plane: str, index: int, image, window, outlines, lower, upper, zo
         ax.contour(
             xs,
             ys,
-            np.take(volume, index, axis=normal).T,
+            _plane(volume, normal, index).T,
             levels=[level],
             colors=colour,
             linewidths=width,
@@ -316,6 +328,11 @@ def _panel(ax, plane: str, index: int, image, window, outlines, lower, upper, zo
     ax.set_xlim(extent[:2])
     ax.set_ylim(extent[2:])
     ax.set_axis_off()
+
+
+def _plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """Return ``volume``'s slice ``index`` across ``axis`` as a view (``np.take`` copies slowly)."""
+    return volume[(slice(None),) * axis + (index,)]
 
 
 def _orientation_labels(ax, plane: str) -> None:

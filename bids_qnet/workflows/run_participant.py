@@ -14,6 +14,7 @@ from typing import Any
 from bids_qnet import bids_io
 from bids_qnet.config import Settings
 from bids_qnet.derivatives import (
+    copy_file,
     init_derivatives,
     is_complete,
     sidecar_path,
@@ -179,15 +180,19 @@ def workflow_options(
 
 
 def reference_paths(settings: Settings, reference) -> dict[str, Path]:
-    """Return where the template, brain mask and atlas on the output grid are kept (work dir)."""
+    """Return where the template, brain mask and atlas on the output grid are kept (work dir).
+
+    Uncompressed, like every image the steps pass on: each participant reads them three times.
+    """
     from bids_qnet.workflows.sink import resolution_label
+    from bids_qnet.workflows.steps import WORK_EXT
 
     stem = f"tpl-{reference.space}_res-{resolution_label(settings.template_resolution)}"
     folder = settings.work_dir / "reference"
     return {
-        "template_file": folder / f"{stem}_T1w.nii.gz",
-        "mask_file": folder / f"{stem}_desc-brain_mask.nii.gz",
-        "atlas_file": folder / f"{stem}_atlas-{reference.atlas_name}_dseg.nii.gz",
+        "template_file": folder / f"{stem}_T1w{WORK_EXT}",
+        "mask_file": folder / f"{stem}_desc-brain_mask{WORK_EXT}",
+        "atlas_file": folder / f"{stem}_atlas-{reference.atlas_name}_dseg{WORK_EXT}",
     }
 
 
@@ -239,7 +244,7 @@ def prepare_reference_files(settings: Settings, reference, images: dict | None =
     root = settings.output_dir
     dseg = root / f"space-{reference.space}_atlas-{reference.atlas_name}_res-{res}_dseg.nii.gz"
     if not dseg.is_file():
-        write_atomic(dseg, lambda tmp: tmp.write_bytes(paths["atlas_file"].read_bytes()))
+        write_atomic(dseg, lambda tmp: copy_file(paths["atlas_file"], tmp))
     table = pd.DataFrame({"index": list(reference.labels.values()), "name": list(reference.labels)})
     labels_tsv = root / f"atlas-{reference.atlas_name}_dseg.tsv"
     write_atomic(labels_tsv, lambda tmp: table.to_csv(tmp, sep="\t", index=False))

@@ -9,7 +9,6 @@ never leaves an old sidecar describing a new file, nor a participant that looks 
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from bids_qnet import __version__
 from bids_qnet.derivatives import (
     CROP_DESC,
     build_path,
+    copy_file,
     output_error,
     raw_source,
     remove_stale_temporaries,
@@ -108,7 +108,7 @@ def write_outputs(
     def copy(src: str, entities: dict, suffix: str, ext: str, meta: dict | None) -> Path:
         dest = out / build_path(entities, suffix, ext)
         sidecar_path(dest).unlink(missing_ok=True)  # never an old sidecar over new data
-        write_atomic(dest, lambda tmp: shutil.copyfile(src, tmp))
+        write_atomic(dest, lambda tmp: copy_file(src, tmp))  # .nii from a step: compressed
         written.append(dest)
         if meta is not None:
             written.append(write_sidecar(dest, {**meta, **common}))
