@@ -172,19 +172,24 @@ def write_atomic(path: Path, writer: Callable[[Path], Any]) -> Path:
 
 
 def copy_file(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target``, gzip-compressing it when only ``target`` ends in ``.gz``.
+    """Copy ``source`` to ``target``, (de)compressing when only one of them ends in ``.gz``.
 
     The gzip header carries no name and no time, so the same content gives the same bytes.
     """
     source, target = Path(source), Path(target)
-    if target.name.endswith(".gz") and not source.name.endswith(".gz"):
-        with source.open("rb") as src, target.open("wb") as raw:
-            with gzip.GzipFile(
-                filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw, mtime=0
-            ) as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-    else:
+    packed, wanted = source.name.endswith(".gz"), target.name.endswith(".gz")
+    if packed == wanted:
         shutil.copyfile(source, target)
+        return
+    opener = gzip.open if packed else open
+    with opener(source, "rb") as src, target.open("wb") as raw:
+        if packed:
+            shutil.copyfileobj(src, raw, 1 << 22)
+            return
+        with gzip.GzipFile(
+            filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw, mtime=0
+        ) as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
 
 
 def output_error(exc: OSError, path: Path) -> QNetError:

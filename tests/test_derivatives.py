@@ -95,6 +95,9 @@ def test_copy_file_compresses_a_nifti_reproducibly(tmp_path):
     plain = tmp_path / "c.nii"
     copy_file(source, plain)  # same extension: a plain copy
     assert plain.read_bytes() == source.read_bytes()
+    unpacked = tmp_path / "d.nii"
+    copy_file(first, unpacked)  # and back
+    assert unpacked.read_bytes() == source.read_bytes()
 
 
 def test_truncated_nifti_is_caught(tmp_path):
