@@ -268,9 +268,9 @@ def write_image(image: ants.ANTsImage, path: Path) -> Path:
     def write(tmp: Path) -> None:
         ants.image_write(image, str(tmp))
         if tmp.name.endswith(".gz"):
-            check_gzip_whole(tmp)
+            check_gzip_whole(tmp, name=path)
         elif tmp.name.endswith(".nii"):
-            check_nifti_whole(tmp)
+            check_nifti_whole(tmp, name=path)
 
     return write_atomic(Path(path), write)
 

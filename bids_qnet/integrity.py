@@ -33,18 +33,26 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_gzip_whole(path: Path) -> None:
-    """Raise :class:`WriteError` unless a gzip file (``.nii.gz``) decompresses to its end."""
+def check_gzip_whole(path: Path, name: Path | None = None) -> None:
+    """Raise :class:`WriteError` unless a gzip file (``.nii.gz``) decompresses to its end.
+
+    ``name``: the file to name in the message, when ``path`` is its temporary copy.
+    """
     try:
         with gzip.open(path, "rb") as handle:
             while handle.read(1 << 22):
                 pass
     except (OSError, EOFError) as exc:
-        raise WriteError(f"{path} was written incompletely ({exc}); {_FULL_DISK_HINT}") from exc
+        raise WriteError(
+            f"{name or path} was written incompletely ({exc}); {_FULL_DISK_HINT}"
+        ) from exc
 
 
-def check_nifti_whole(path: Path) -> None:
-    """Raise :class:`WriteError` unless a ``.nii`` holds every voxel its header declares."""
+def check_nifti_whole(path: Path, name: Path | None = None) -> None:
+    """Raise :class:`WriteError` unless a ``.nii`` holds every voxel its header declares.
+
+    ``name``: the file to name in the message, when ``path`` is its temporary copy.
+    """
     import nibabel as nib
 
     try:
@@ -52,10 +60,13 @@ def check_nifti_whole(path: Path) -> None:
         expected = int(data.offset) + int(np.prod(data.shape, dtype=np.int64)) * data.dtype.itemsize
         size = Path(path).stat().st_size
     except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise WriteError(f"{path} was written incompletely ({exc}); {_FULL_DISK_HINT}") from exc
+        raise WriteError(
+            f"{name or path} was written incompletely ({exc}); {_FULL_DISK_HINT}"
+        ) from exc
     if size < expected:
         raise WriteError(
-            f"{path} was written incompletely ({size} of {expected} bytes); {_FULL_DISK_HINT}"
+            f"{name or path} was written incompletely ({size} of {expected} bytes); "
+            f"{_FULL_DISK_HINT}"
         )
 
 

@@ -118,14 +118,26 @@ def test_full_disk_while_rewriting_outputs(tiny, tmp_path):
     _assert_same_outputs(out, tiny["out"])
 
 
-def test_full_disk_during_registration_does_not_poison_the_cache(tiny, tmp_path):
-    """ANTs hides a failed write of its transforms; the check catches it, a rerun recovers."""
+@pytest.mark.parametrize(
+    ("megabytes", "truncated"),
+    [
+        # the template on the 2 mm grid (4.1 MB, uncompressed in the work folder) via ITK
+        (2, "reference/tpl-MNI152NLin2009cAsym_res-2_T1w.nii was written incompletely"),
+        # the composite transform (10 MB) via antsRegistration's HDF5 writer
+        (6, "normalise/norm_Composite.h5 was written incompletely"),
+    ],
+)
+def test_full_disk_during_registration_does_not_poison_the_cache(
+    tiny, tmp_path, megabytes, truncated
+):
+    """ITK hides failed writes of images and transforms; the checks catch them, a rerun recovers."""
     out, work = tmp_path / "out", tmp_path / "work"
     args = participant_args(tiny["bids"], out, work, tiny["profile"], "--skip-bids-validation")
-    result = cli(args, preexec_fn=_file_size_limit(2))
+    result = cli(args, preexec_fn=_file_size_limit(megabytes))
     assert result.returncode == EXIT_IO, result.stderr[-3000:]
     lines = _errors(result)
-    assert len(lines) == 1 and "Composite.h5 was written incompletely" in lines[0], lines
+    assert len(lines) == 1 and truncated in lines[0], lines
+    assert ".tmp-" not in lines[0]  # the message names the file, not its temporary copy
     assert [p for p in complete_files(out) if "sub-01" in p.parts] == []
     result = cli(args)
     assert result.returncode == EXIT_SUCCESS, result.stderr[-3000:]
