@@ -53,6 +53,7 @@ from bids_qnet.reference import (  # noqa: E402
     load_reference,
     template_on_grid,
 )
+from bids_qnet.workflows.run_participant import reference_paths  # noqa: E402
 
 
 def _kwargs(section: dict) -> dict:
@@ -96,25 +97,27 @@ def bare_registration(anat: Path, template, mask, profile: dict) -> tuple[float,
     return time.perf_counter() - start, cpu_seconds() - cpu
 
 
-def reference_files(folder: Path, resolution: float) -> tuple[dict, float]:
-    """Make the template, mask and atlas on the output grid as the pipeline names them; time it."""
+def reference_files(work_dir: Path, resolution: float) -> tuple[dict, float]:
+    """Make the template, mask and atlas on the output grid where the pipeline keeps them; time it.
+
+    They go to ``work_dir / "reference"`` (:func:`reference_paths`).
+    """
     reference = load_reference()
-    res = f"{resolution:g}".replace(".", "p")
-    stem = f"tpl-{reference.space}_res-{res}"
+    paths = reference_paths(work_dir, resolution, reference)
     start = time.perf_counter()
     template = template_on_grid(reference, resolution)
     images = {
-        f"{stem}_T1w": template,
-        f"{stem}_desc-brain_mask": brain_mask(template),
-        f"{stem}_atlas-{reference.atlas_name}_dseg": atlas_on_grid(reference, template),
+        "template_file": template,
+        "mask_file": brain_mask(template),
+        "atlas_file": atlas_on_grid(reference, template),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, image in images.items():
-        ants.image_write(image, str(folder / f"{name}.nii"))
+    paths["template_file"].parent.mkdir(parents=True, exist_ok=True)
+    for key, image in images.items():
+        ants.image_write(image, str(paths[key]))
     seconds = time.perf_counter() - start
-    for name, image in images.items():  # the names of versions before 0.2.1 (--baseline-source)
-        ants.image_write(image, str(folder / f"{name}.nii.gz"))
-    return {"template": template, "mask": images[f"{stem}_desc-brain_mask"]}, seconds
+    for key, image in images.items():  # the names of versions before 0.2.1 (--baseline-source)
+        ants.image_write(image, f"{paths[key]}.gz")
+    return {"template": template, "mask": images["mask_file"]}, seconds
 
 
 def pipeline_run(bids: Path, root: Path, tag: str, args, reference: Path, source) -> dict:
@@ -163,7 +166,7 @@ def main() -> None:
             root / "bids", n_participants=len(args.participant), seed=3, resolution=args.resolution
         ).bids_dir
     profile = registration_profile(args.profile)
-    images, cold_s = reference_files(root / "reference", args.resolution)
+    images, cold_s = reference_files(root, args.resolution)
     variants = {"pipeline": None}
     if args.baseline_source:
         variants = {"baseline": args.baseline_source.resolve(), "pipeline": None}

@@ -39,7 +39,14 @@ from bids_qnet.attribution.loading import (
     checksums,
     fold_networks,
 )
-from bids_qnet.attribution.outputs import map_path, read_map, reusable, scan_entities, write_map
+from bids_qnet.attribution.outputs import (
+    map_path,
+    model_config,
+    read_map,
+    reusable,
+    scan_entities,
+    write_map,
+)
 from bids_qnet.attribution.plan import ScanPlan, plan_scans
 from bids_qnet.attribution.volumes import CropGrid, crop_grid, unstack
 from bids_qnet.derivatives import is_complete, sidecar_path
@@ -182,12 +189,7 @@ def attribute_scan(
         "Target": settings.attribution_target,
         "TargetIndex": plan.target,
         "Baseline": settings.ig_baseline,
-        "Steps": int(settings.ig_steps),
-        "Stage1": settings.stage1,
-        "ImageSize": int(networks.image_size),
-        "Fold": plan.fold,
-        "Repeat": plan.repeat,
-        "ModelSHA256": models,
+        **model_config(settings, plan, networks, models),
     }
     with_cam = networks.slice_model is not None
     if reusable(ig_path, config) and (not with_cam or is_complete(cam_path)):

@@ -141,7 +141,14 @@ def reference_scan(settings, plan, grid, networks, models, device, names, refere
     import json
 
     from bids_qnet.attribution.integrated import internal_batch_size
-    from bids_qnet.attribution.outputs import map_path, read_map, reusable, scan_entities, write_map
+    from bids_qnet.attribution.outputs import (
+        map_path,
+        model_config,
+        read_map,
+        reusable,
+        scan_entities,
+        write_map,
+    )
     from bids_qnet.attribution.volumes import unstack
     from bids_qnet.derivatives import sidecar_path
 
@@ -151,12 +158,7 @@ def reference_scan(settings, plan, grid, networks, models, device, names, refere
         "Baseline": "mean stored slices of the other classes",
         "ReferenceSHA256": references.digests[plan.label],
         "TargetIndex": plan.label,
-        "Steps": int(settings.ig_steps),
-        "Stage1": settings.stage1,
-        "ImageSize": int(networks.image_size),
-        "Fold": plan.fold,
-        "Repeat": plan.repeat,
-        "ModelSHA256": models,
+        **model_config(settings, plan, networks, models),
     }
     if reusable(path, config):
         return read_map(path), json.loads(sidecar_path(path).read_text())

@@ -130,6 +130,23 @@ def column_descriptions(table: pd.DataFrame) -> dict[str, dict[str, str]]:
     return out
 
 
+def model_config(settings, plan, networks, models: dict[str, str]) -> dict[str, Any]:
+    """Return what every attribution map of ``plan``'s scan depends on besides its method.
+
+    The IG steps, the stage-1 mode, the image size, the fold and repeat whose model explains
+    the scan, and that model's checkpoint digests; the sidecar records them and
+    :func:`reusable` compares them.
+    """
+    return {
+        "Steps": int(settings.ig_steps),
+        "Stage1": settings.stage1,
+        "ImageSize": int(networks.image_size),
+        "Fold": plan.fold,
+        "Repeat": plan.repeat,
+        "ModelSHA256": models,
+    }
+
+
 def reusable(path: Path, config: dict[str, Any]) -> bool:
     """Whether ``path`` is complete and its sidecar's ``Config`` equals ``config`` (resume)."""
     import json

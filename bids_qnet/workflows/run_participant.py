@@ -179,16 +179,17 @@ def workflow_options(
     }
 
 
-def reference_paths(settings: Settings, reference) -> dict[str, Path]:
-    """Return where the template, brain mask and atlas on the output grid are kept (work dir).
+def reference_paths(work_dir: Path, resolution: float, reference) -> dict[str, Path]:
+    """Return where the template, brain mask and atlas on the output grid are kept.
 
-    Uncompressed, like every image the steps pass on: each participant reads them three times.
+    Under ``work_dir``, uncompressed like every image the steps pass on: each participant reads
+    them three times.
     """
     from bids_qnet.workflows.sink import resolution_label
     from bids_qnet.workflows.steps import WORK_EXT
 
-    stem = f"tpl-{reference.space}_res-{resolution_label(settings.template_resolution)}"
-    folder = settings.work_dir / "reference"
+    stem = f"tpl-{reference.space}_res-{resolution_label(resolution)}"
+    folder = Path(work_dir) / "reference"
     return {
         "template_file": folder / f"{stem}_T1w{WORK_EXT}",
         "mask_file": folder / f"{stem}_desc-brain_mask{WORK_EXT}",
@@ -204,7 +205,8 @@ def reference_images(settings: Settings, reference) -> dict | None:
     Returns None when the files are there, else the ANTs images keyed as
     :func:`reference_paths`.
     """
-    if all(p.is_file() for p in reference_paths(settings, reference).values()):
+    paths = reference_paths(settings.work_dir, settings.template_resolution, reference)
+    if all(p.is_file() for p in paths.values()):
         return None
     from bids_qnet.reference import atlas_on_grid, brain_mask, template_on_grid
 
@@ -228,7 +230,7 @@ def prepare_reference_files(settings: Settings, reference, images: dict | None =
     from bids_qnet.workflows.sink import resolution_label
 
     res = resolution_label(settings.template_resolution)
-    paths = reference_paths(settings, reference)
+    paths = reference_paths(settings.work_dir, settings.template_resolution, reference)
     folder = paths["template_file"].parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

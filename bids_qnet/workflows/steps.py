@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -145,8 +144,9 @@ def resample(
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """Resample every channel once onto the template grid with the composed transforms.
 
-    The reference channel, already resampled by :func:`normalise`, is copied; channels that
-    share a grid and a transform list are resampled together, reading the transforms once.
+    The reference channel, already resampled by :func:`normalise`, is passed on as that step
+    wrote it; channels that share a grid and a transform list are resampled together, reading
+    the transforms once.
     """
     import ants
 
@@ -161,7 +161,7 @@ def resample(
     for suffix, path in prepared.items():
         transforms = (*xfm["forward"], *coreg.get(suffix, []))
         if xfm.get("warped") and path == xfm.get("warped_from") and not coreg.get(suffix):
-            shutil.copyfile(xfm["warped"], outputs[suffix])
+            outputs[suffix] = Path(xfm["warped"])
         else:
             groups.setdefault(transforms, []).append(suffix)
     for transforms, suffixes in groups.items():
