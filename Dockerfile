@@ -1,10 +1,10 @@
 # bids_qnet: the Q-Net BIDS App, with everything a run needs baked in (nothing is downloaded
 # at run time, so it works on offline HPC nodes).
 #
-#   docker build -t bidsqnet/bids_qnet:0.2.1 .
+#   docker build -t bidsqnet/bids_qnet:0.2.2 .
 #   docker run --rm --gpus all --read-only --tmpfs /tmp -u "$(id -u):$(id -g)" \
 #       -v /data/bids:/data:ro -v /data/derivatives/bids_qnet:/out \
-#       bidsqnet/bids_qnet:0.2.1 /data /out participant --participant-label 01
+#       bidsqnet/bids_qnet:0.2.2 /data /out participant --participant-label 01
 #
 # Image name: bidsqnet/bids_qnet:<version>, the version being bids_qnet.__version__ (it is also
 # written into dataset_description.json, descriptor.json, Singularity.def and /version).
@@ -68,7 +68,7 @@ FROM ${BASE_IMAGE}
 
 ARG BASE_IMAGE
 # Must equal bids_qnet.__version__: the build stops below if it does not.
-ARG BIDS_QNET_VERSION=0.2.1
+ARG BIDS_QNET_VERSION=0.2.2
 
 LABEL org.opencontainers.image.title="bids_qnet" \
       org.opencontainers.image.description="BIDS App: Q-Net deep learning of brain iron patterns from QSM, R2* and T1w images" \

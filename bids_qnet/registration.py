@@ -215,7 +215,12 @@ def normalise(
         ``forward`` (list for ``ants.apply_transforms``: subject -> template, template as
         reference), ``inverse`` (template -> subject), ``composite`` and ``inverse_composite``
         (paths of the ``.h5`` files), ``affine`` (the linear part's ``.mat`` or None) and
-        ``type_of_transform`` (the profile's value) with ``stages`` (what ran, in order).
+        ``type_of_transform`` (the profile's value) with ``stages`` (what ran, in order), and
+        ``warped_image``: ``moving`` on the template grid through the whole transform, as
+        antsRegistration itself resamples it (linear interpolation; equal to
+        :func:`to_template` with ``forward`` to float rounding), so that nobody resamples the
+        reference channel a second time. It is an ``ants.ANTsImage``, not a path: pop it before
+        the dict goes anywhere that needs plain values.
 
     Raises
     ------
@@ -284,6 +289,10 @@ def normalise(
             move(initial[0], result["affine"])
     result["forward"] = [result["composite"]]
     result["inverse"] = [result["inverse_composite"]]
+    warped = reg.get("warpedmovout")
+    if warped is None or not same_grid(warped, template):  # pragma: no cover - antspyx contract
+        warped = to_template(moving, template, result["forward"])
+    result["warped_image"] = warped
     logger.debug("normalisation %s (%s) written under %s", transform, stages, out_prefix)
     return result
 

@@ -57,22 +57,22 @@ def quality(
     """
     if not (same_grid(registered_reference, template) and same_grid(template, template_mask)):
         raise InputDataError("quality() needs the registered image, template and mask on one grid")
-    reg = np.nan_to_num(registered_reference.numpy().astype(np.float64), nan=0.0)
-    tpl = np.nan_to_num(template.numpy().astype(np.float64), nan=0.0)
+    # float32 throughout the volume (a 1 mm grid has 8.5 M voxels); float64 only in the mask
+    reg = np.nan_to_num(registered_reference.numpy(), nan=0.0, copy=False)
     mask = template_mask.numpy() > 0.5
-    n_mask = int(mask.sum())
+    n_mask = int(np.count_nonzero(mask))
     if n_mask == 0:
         raise InputDataError("the template brain mask is empty")
-    a, b = reg[mask], tpl[mask]
+    a = reg[mask].astype(np.float64)
+    b = np.nan_to_num(template.numpy()[mask].astype(np.float64), nan=0.0)
     if a.std() > 0 and b.std() > 0:
         correlation = float(np.corrcoef(a, b)[0, 1])
     else:
         correlation = float("nan")
-    finite = reg[np.isfinite(reg)]
-    robust_max = float(np.percentile(finite, 99)) if finite.size else 0.0
+    robust_max = float(np.percentile(reg, 99)) if reg.size else 0.0
     threshold = FOREGROUND_FRACTION * robust_max if robust_max > 0 else 0.0
     foreground = reg > threshold
-    overlap = 2.0 * np.count_nonzero(foreground & mask) / (foreground.sum() + n_mask)
+    overlap = 2.0 * np.count_nonzero(foreground & mask) / (np.count_nonzero(foreground) + n_mask)
     coverage = np.count_nonzero(a != 0) / n_mask
     return {
         "brain_correlation": correlation,

@@ -275,6 +275,18 @@ def test_normalise_outputs(normalised, fast):
     assert not [p for p in folder.iterdir() if p.name.startswith(".ants-")]
 
 
+def test_normalise_returns_the_reference_warped_once(normalised, subject, template, mask):
+    """antsRegistration's own warped output is the reference channel through the composite."""
+    warped = normalised["warped_image"]
+    again = reg.to_template(subject["image"], template, normalised["forward"])
+    assert reg.same_grid(warped, template) and warped.pixeltype == again.pixeltype
+    inside = mask.numpy() > 0
+    difference = np.abs(warped.numpy() - again.numpy())[inside]
+    scale = np.abs(again.numpy()[inside]).max()
+    assert np.percentile(difference, 99.9) <= 1e-5 * scale  # float rounding
+    assert difference.max() <= 0.05 * scale  # a voxel at the edge of the subject's grid at most
+
+
 def test_prefix_may_be_a_new_folder(template, fast, tmp_path):
     small = ants.resample_image(template, (4.0, 4.0, 4.0), use_voxels=False, interp_type=0)
     prefix = str(tmp_path / "new" / "folder") + os.sep

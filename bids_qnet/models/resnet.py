@@ -46,7 +46,8 @@ def build_classifier(
     Returns
     -------
     model : torch.nn.Module
-        torchvision ResNet18 whose ``fc`` is the new head; ``model(x)`` gives ``(B, K)``
+        ResNet18 (:class:`bids_qnet.models.backbone.ResNet18`, torchvision's network and
+        state-dict layout) whose ``fc`` is the new head; ``model(x)`` gives ``(B, K)``
         logits. On the CPU, in eval mode (call ``train()`` to fine-tune).
     info : WeightsInfo
         Where the backbone's weights came from.
@@ -74,7 +75,7 @@ def features(model: nn.Module) -> nn.Module:
 
     The result is a shallow copy of ``model``: every layer but ``fc`` is the very same module
     object, so parameters, buffers and their updates are shared (no memory is copied) and
-    ``model`` keeps its head. It is still a torchvision ``ResNet`` (``conv1`` and the other
+    ``model`` keeps its head. It is still a ``ResNet18`` (``conv1`` and the other
     attributes are there), so it works with :func:`bids_qnet.embed.embed_slices`. Nothing is
     frozen here (``requires_grad`` would be shared with ``model``): for frozen embeddings run it
     in eval mode under ``torch.inference_mode()``. Note that ``train()``/``eval()`` on either

@@ -120,7 +120,7 @@ def normalise(
     xfm = registration.normalise(
         moving, template_img, mask_img, profile["normalisation"], str(Path.cwd() / "norm_"), seed
     )
-    warped = registration.to_template(moving, template_img, xfm["forward"])
+    warped = xfm.pop("warped_image")  # antsRegistration's own resampling, not a second one
     quality = registration_quality.quality(warped, template_img, mask_img)
     registration_quality.check_quality(quality, profile["quality"], Path(reference_image).name)
     xfm["warped"] = str(write_image(warped, Path.cwd() / f"reference_space-template{WORK_EXT}"))
