@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from bids_qnet.errors import InputDataError, MissingInputError, UsageError
+from bids_qnet.models.backbone import ResNet18  # torchvision's network, without its import
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def load_backbone(weights: str, n_channels: int, seed: int) -> tuple[torch.nn.Mo
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            model = _resnet18()
+            model = ResNet18()
             _adapt_conv1(model, n_channels)
         info = WeightsInfo("random", None, None)
     else:
@@ -157,7 +158,7 @@ def load_backbone(weights: str, n_channels: int, seed: int) -> tuple[torch.nn.Mo
         state = _read_state_dict(path)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            model = _resnet18()
+            model = ResNet18()
         _load_state(model, state, path, n_channels)
         info = WeightsInfo(source, str(path), digest)
     model.fc = torch.nn.Identity()
@@ -261,12 +262,6 @@ def embed_slices(
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _resnet18() -> torch.nn.Module:
-    from bids_qnet.models.backbone import ResNet18  # torchvision's network, without its import
-
-    return ResNet18()
 
 
 def _square_resize(batch: torch.Tensor, size: int) -> torch.Tensor:

@@ -289,10 +289,7 @@ def normalise(
             move(initial[0], result["affine"])
     result["forward"] = [result["composite"]]
     result["inverse"] = [result["inverse_composite"]]
-    warped = reg.get("warpedmovout")
-    if warped is None or not same_grid(warped, template):  # pragma: no cover - antspyx contract
-        warped = to_template(moving, template, result["forward"])
-    result["warped_image"] = warped
+    result["warped_image"] = reg["warpedmovout"]  # moving through initial + last stage
     logger.debug("normalisation %s (%s) written under %s", transform, stages, out_prefix)
     return result
 

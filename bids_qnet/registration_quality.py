@@ -69,7 +69,7 @@ def quality(
         correlation = float(np.corrcoef(a, b)[0, 1])
     else:
         correlation = float("nan")
-    robust_max = float(np.percentile(reg, 99)) if reg.size else 0.0
+    robust_max = float(np.percentile(reg, 99))
     threshold = FOREGROUND_FRACTION * robust_max if robust_max > 0 else 0.0
     foreground = reg > threshold
     overlap = 2.0 * np.count_nonzero(foreground & mask) / (np.count_nonzero(foreground) + n_mask)
