@@ -8,19 +8,38 @@ WEIGHTS ?= random
 PROFILE ?= fast
 NPROCS ?= 2
 
-.PHONY: venv demo test lint weights clean-demo
+# Exact versions of everything installed (also used by the Dockerfile): `make constraints`.
+CONSTRAINTS := requirements/constraints.txt
+
+.PHONY: venv demo test test-fast lint weights clean-demo constraints container
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
+	# PyPI's torch pulls ~3 GB of CUDA wheels: resume interrupted downloads, retry the whole install.
+	for attempt in 1 2 3; do \
+	  $(BIN)/python -m pip install --quiet --retries 10 --resume-retries 50 \
+	    -c $(CONSTRAINTS) -e '.[test]' && break; \
+	  if [ $$attempt = 3 ]; then exit 1; fi; \
+	  echo "pip install failed (attempt $$attempt of 3), retrying in 20 s"; sleep 20; \
+	done
 	touch $@
 
-# Quick CPU configuration of the group level for the demo (the CLI defaults are the paper's:
-# 10 folds, 100 + 50 epochs, 224 px, meant for a GPU).
-GROUP_QUICK ?= --folds 4 --epochs 3 --qnet-epochs 20 --image-size 96 --batch-size 32 --ig-steps 8
+# Regenerate $(CONSTRAINTS) from a fresh environment (UPGRADE=1: newest versions allowed).
+constraints:
+	PYTHON=$(PYTHON) UPGRADE=$(UPGRADE) scripts/update_constraints.sh
+
+# Build the Docker image with buildah and run it (docs/containers.md): `make container
+# CONTAINER_ARGS="--base local --weights none"`.
+container:
+	scripts/build_container.sh $(CONTAINER_ARGS)
+
+# Group level of the demo: the default (quantitative) preset runs in a few minutes on a CPU;
+# 4 folds for 8 participants. The paper's pipeline, quick on a CPU:
+# make demo GROUP_QUICK="--preset paper --folds 4 --epochs 3 --qnet-epochs 20 --image-size 96"
+GROUP_QUICK ?= --folds 4
 
 # The main job on the built-in synthetic demo dataset: participant level, then group level.
 demo: venv
@@ -32,8 +51,13 @@ demo: venv
 		--embedding-weights $(WEIGHTS) $(GROUP_QUICK)
 	@echo "Reports: $(DEMO)/derivatives/group.html and $(DEMO)/derivatives/sub-*.html"
 
+# Every test, the slow end-to-end runs included (what CI runs; about 10-20 minutes on 2 cores).
 test: venv
 	$(BIN)/python -m pytest tests
+
+# The fast lane for iterating: everything but the tests marked slow (a minute or two).
+test-fast: venv
+	$(BIN)/python -m pytest tests -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check bids_qnet tests benchmarks

@@ -39,7 +39,7 @@ def participant_command(
         "--nprocs",
         str(nprocs),
         "--omp-nthreads",
-        "1",
+        str(getattr(args, "omp_nthreads", 1)),
         "--plugin",
         args.plugin,
         "-w",
@@ -55,12 +55,18 @@ class TreeSampler:
 
     Nipype's MultiProc workers are children of a forkserver, not of the process that is run, so
     ``wait4`` does not count them; this does (``peak_tree_rss_gib``: the largest sum of the
-    tree's RSS at one sample; ``tree_cpu_seconds``: each process's last sampled CPU time, summed).
+    tree's RSS at one sample; ``tree_cpu_seconds``: each process's last sampled CPU time, summed;
+    ``peak_process_rss_gib``: the largest ``VmHWM``, the kernel's own peak RSS of one process,
+    read at each sample).
+
+    ``wait4``'s ``ru_maxrss`` is not used for the peak: Linux keeps a process's high-water mark
+    across ``execve``, so a child started from this benchmark reports at least the benchmark's
+    own RSS at the fork (antspyx, the template images) whatever it uses itself.
     """
 
     def __init__(self, pid: int, interval: float = 0.25) -> None:
         self.pid, self.interval = pid, interval
-        self.peak_rss, self.cpu = 0, {}
+        self.peak_rss, self.cpu, self.hwm = 0, {}, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -88,6 +94,7 @@ class TreeSampler:
             self.peak_rss = max(self.peak_rss, sum(int(f[21]) for f in tree.values()) * page)
             for pid, fields in tree.items():
                 self.cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+                self.hwm[pid] = max(self.hwm.get(pid, 0), _vm_hwm_kib(pid))
             time.sleep(self.interval)
 
     def stop(self) -> dict:
@@ -95,8 +102,20 @@ class TreeSampler:
         self._thread.join()
         return {
             "peak_tree_rss_gib": self.peak_rss / 1024**3,
+            "peak_process_rss_gib": max(self.hwm.values(), default=0) / 1024**2,
             "tree_cpu_seconds": sum(self.cpu.values()),
         }
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """Return a process's peak RSS (``VmHWM``, KiB) from ``/proc``, 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def run_timed(command: list[str], log: Path, source: Path | None = None) -> dict:
@@ -126,7 +145,9 @@ def run_timed(command: list[str], log: Path, source: Path | None = None) -> dict
         # CPU time of the child and the processes it waited for (validator, workers): on a
         # shared machine it varies much less with the load than the wall time.
         "cpu_seconds": max(usage.ru_utime + usage.ru_stime, tree["tree_cpu_seconds"]),
-        "peak_rss_gib": usage.ru_maxrss / 1024**2,
+        # the largest process's own peak, sampled (see TreeSampler); ru_maxrss counts the fork
+        "peak_rss_gib": tree["peak_process_rss_gib"] or usage.ru_maxrss / 1024**2,
+        "wait4_maxrss_gib": usage.ru_maxrss / 1024**2,
         **tree,
         **log_timings(log),
     }

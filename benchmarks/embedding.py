@@ -1,4 +1,4 @@
-"""Embedding throughput: ``bids_qnet.embed.embed_slices`` vs a bare ResNet18 forward.
+"""Embedding throughput: ``bids_qnet.models.embedding.embed_slices`` vs a bare ResNet18 forward.
 
 Both sides embed the same slices with the same network (torchvision ResNet18, ``fc`` removed,
 the same weights), batch size and device, in eval mode under ``torch.inference_mode()``:
@@ -41,20 +41,20 @@ from _common import (  # noqa: E402
     write_result,
 )
 
-from bids_qnet.embed import (  # noqa: E402
+from bids_qnet.models.device import resolve_device  # noqa: E402
+from bids_qnet.models.embedding import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
-    _square_resize,
     embed_slices,
     load_backbone,
-    resolve_device,
+    square_resize,
 )
 
 
 def bare_inputs(stack: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
     """Resize and normalise every slice once, outside the timing, as embed_slices does."""
     with torch.inference_mode():
-        x = _square_resize(torch.from_numpy(stack), image_size)
+        x = square_resize(torch.from_numpy(stack), image_size)
         mean = torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, -1, 1, 1)
         return ((x - mean) / std).to(device).contiguous()

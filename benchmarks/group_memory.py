@@ -4,7 +4,7 @@ Writes a synthetic cohort of ``_slices.npy`` stacks to a temporary folder (defau
 never the repository), then, for every (cohort size, batch size) pair, runs in a fresh child
 process what the group level does with them:
 
-1. memory-maps every stack as :class:`bids_qnet.group_inputs.Scan` does and checks them all as
+1. memory-maps every stack as :class:`bids_qnet.inputs.scans.Scan` does and checks them all as
    ``train_stage1`` does (every value read once);
 2. one full epoch of stage 1's shuffled DataLoader over every slice of the cohort (loading only);
 3. a bounded number of stage-1 training steps at the paper's image size (DataLoader batch from the
@@ -55,11 +55,17 @@ def write_cohort(folder: Path, n: int, args) -> list[Path]:
 def child(args) -> None:
     """Run the group-level data path on the first ``--cohort`` stacks; print one JSON line."""
     import torch
-    import torch.nn.functional as F  # noqa: N812
 
     from bids_qnet.models.resnet import build_classifier
     from bids_qnet.training.augment import train_transform
-    from bids_qnet.training.stage1 import Stage1Config, _check_stacks, _loader, slice_dataset
+    from bids_qnet.training.stage1 import (
+        Stage1Config,
+        check_stacks,
+        prepare_model,
+        slice_dataset,
+        slice_loader,
+        train_step,
+    )
     from bids_qnet.training.stage2 import Stage2Config, predict_stage2, train_stage2
 
     torch.set_num_threads(args.threads)
@@ -72,24 +78,20 @@ def child(args) -> None:
         baseline = memory_status()
         start = time.perf_counter()
         stacks = [np.load(p, mmap_mode="r") for p in paths]
-        _check_stacks(stacks, True)
-        loader = _loader(slice_dataset(stacks, labels), config, device, shuffle=True)
+        check_stacks(stacks, True)
+        loader = slice_loader(slice_dataset(stacks, labels), config, device, shuffle=True)
         n_slices = sum(len(x) for x, *_ in loader)
         phases["load_epoch_s"] = round(time.perf_counter() - start, 1)
         phases["after_load"] = memory_status()
 
-        model, _ = build_classifier(3, 2, "random", 0)
-        model.train()
+        model = prepare_model(build_classifier(3, 2, "random", 0)[0], device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         augment = train_transform(config.image_size, 3)
         start = time.perf_counter()
         for step, (x, y, *_) in enumerate(loader):
             if step == args.steps:
                 break
-            loss = F.cross_entropy(model(augment(x)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, augment, x, y, device, config.amp)
         phases["train_steps_s"] = round(time.perf_counter() - start, 1)
         phases["after_train"] = memory_status()
         del model, optimizer

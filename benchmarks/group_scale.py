@@ -4,9 +4,9 @@ The paper's cohort (about 100 participants, about 20 slices each, 10 folds, 100 
 stage-2 epochs, 224 px, batch 64) takes hours on a CPU, so this script measures on the chosen
 device, with the library's own code on a synthetic memory-mapped cohort of that size:
 
-* a stage-1 training step (DataLoader batch from the memmaps, batched train augmentation on the
-  device, ResNet18 forward and backward, Adam step; bf16 autocast on CUDA as ``train_stage1``),
-  timed over ``--batches`` batches after one warm-up batch;
+* a stage-1 training step (a DataLoader batch from the memmaps, then the production
+  ``train_step``: train augmentation on the device, ResNet18 forward and backward, Adam step;
+  channels-last and bf16 autocast on CUDA), timed over ``--batches`` batches after a warm-up;
 * inference (``predict_and_embed``: test transform, forward, logits and embeddings);
 * one stage-2 epoch (``train_stage2`` on the training participants' embeddings);
 
@@ -32,19 +32,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, peak_rss_gib, report_header, sync, write_result  # noqa: E402
 
-from bids_qnet.embed import resolve_device  # noqa: E402
+from bids_qnet.models.device import resolve_device  # noqa: E402
 from bids_qnet.models.resnet import build_classifier  # noqa: E402
 from bids_qnet.training.augment import train_transform  # noqa: E402
 from bids_qnet.training.stage1 import (  # noqa: E402
     Stage1Config,
-    _loader,
     predict_and_embed,
+    prepare_model,
     slice_dataset,
+    slice_loader,
+    train_step,
 )
 from bids_qnet.training.stage2 import Stage2Config, train_stage2  # noqa: E402
 
@@ -62,7 +63,7 @@ def cohort(folder: Path, args) -> list[np.ndarray]:
 
 
 def train_step_seconds(stacks, labels, device, args) -> float:
-    """Mean seconds of one stage-1 training step, as ``train_stage1`` runs it."""
+    """Mean seconds of one stage-1 training step: the production ``train_step`` itself."""
     config = Stage1Config(
         batch_size=args.batch_size,
         image_size=args.image_size,
@@ -70,25 +71,16 @@ def train_step_seconds(stacks, labels, device, args) -> float:
         device=str(device),
         num_workers=args.workers,
     )
-    model, _ = build_classifier(3, 2, "random", 0)
-    model.to(device).train()
+    model = prepare_model(build_classifier(3, 2, "random", 0)[0], device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     augment = train_transform(config.image_size, 3)
-    use_amp = device.type == "cuda"
-    batches = iter(_loader(slice_dataset(stacks, labels), config, device, shuffle=True))
+    batches = iter(slice_loader(slice_dataset(stacks, labels), config, device, shuffle=True))
     times = []
     for step in range(args.batches + 1):  # the first is a warm-up
         sync(device)
         start = time.perf_counter()
         x, y, *_ = next(batches)
-        x = augment(x.to(device, non_blocking=True))
-        y = y.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, augment, x, y, device, config.amp)
         sync(device)
         if step:
             times.append(time.perf_counter() - start)

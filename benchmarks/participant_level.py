@@ -21,7 +21,8 @@ the one-off cost of making them (``cold``) is timed apart. The breakdown comes f
 
 Usage: python benchmarks/participant_level.py [--bids DIR] [--participant 01 [02 ...]]
        [--resolution 1] [--profile fast] [--weights random] [--image-size 224]
-       [--plugin Linear] [--repeats 2] [--baseline-source DIR] [--reference warm|cold] [--tmp DIR]
+       [--plugin Linear] [--omp-nthreads 1] [--repeats 2] [--baseline-source DIR]
+       [--reference warm|cold] [--tmp DIR]
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"  # before ITK starts, as the pipeline
+# ITK threads of the bare calls, before ITK starts (as the pipeline does): --omp-nthreads
+_THREADS = sys.argv[sys.argv.index("--omp-nthreads") + 1] if "--omp-nthreads" in sys.argv else "1"
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = _THREADS
 
 import ants  # noqa: E402
 import numpy as np  # noqa: E402
@@ -47,13 +50,13 @@ from _common import load_average, peak_rss_gib, report_header, write_result  # n
 from _pipeline import breakdown, participant_command, run_timed  # noqa: E402
 
 from bids_qnet.data import registration_profile  # noqa: E402
-from bids_qnet.reference import (  # noqa: E402
+from bids_qnet.inputs.reference import (  # noqa: E402
     atlas_on_grid,
     brain_mask,
     load_reference,
     template_on_grid,
 )
-from bids_qnet.workflows.run_participant import reference_paths  # noqa: E402
+from bids_qnet.workflows.reference import reference_paths  # noqa: E402
 
 
 def _kwargs(section: dict) -> dict:
@@ -66,11 +69,20 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bare_registration(anat: Path, template, mask, profile: dict) -> tuple[float, float]:
-    """Time the bare ants.registration calls the pipeline makes; return wall and CPU seconds."""
+def bare_registration(
+    anat: Path, template, mask, profile: dict, focus: tuple | None = None
+) -> tuple[float, float]:
+    """Time the bare ants.registration calls the pipeline makes; return wall and CPU seconds.
+
+    ``focus``: the (lower, upper) voxel box a focused profile's SyN stage runs in.
+    """
     t1w = ants.image_read(str(next(anat.glob("*_T1w.nii.gz"))))
     r2s = ants.image_read(str(next(anat.glob("*_R2starmap.nii.gz"))))
     norm = _kwargs(profile["normalisation"])
+    syn_fixed, syn_mask = template, mask
+    if focus is not None:
+        syn_fixed = ants.crop_indices(template, *focus)
+        syn_mask = ants.crop_indices(mask, *focus)
     start, cpu = time.perf_counter(), cpu_seconds()
     with tempfile.TemporaryDirectory() as tmp:
         same = t1w.shape == r2s.shape and np.allclose(t1w.origin, r2s.origin)
@@ -86,9 +98,9 @@ def bare_registration(anat: Path, template, mask, profile: dict) -> tuple[float,
             **{**norm, "type_of_transform": "Affine"},
         )
         ants.registration(
-            fixed=template,
+            fixed=syn_fixed,
             moving=t1w,
-            mask=mask,
+            mask=syn_mask,
             outprefix=f"{tmp}/s_",
             initial_transform=affine["fwdtransforms"],
             write_composite_transform=True,
@@ -117,7 +129,26 @@ def reference_files(work_dir: Path, resolution: float) -> tuple[dict, float]:
     seconds = time.perf_counter() - start
     for key, image in images.items():  # the names of versions before 0.2.1 (--baseline-source)
         ants.image_write(image, f"{paths[key]}.gz")
-    return {"template": template, "mask": images["mask_file"]}, seconds
+    return {
+        "template": template,
+        "mask": images["mask_file"],
+        "atlas": images["atlas_file"],
+        "labels": reference.labels,
+    }, seconds
+
+
+def focus_indices(images: dict, profile: dict, margin_mm: float = 6.0) -> tuple | None:
+    """The voxel box of a focused profile's SyN stage (default crop regions and margin)."""
+    if profile.get("focus") is None:
+        return None
+    from bids_qnet.config import DEFAULT_CROP_REGIONS
+    from bids_qnet.preprocess.crop import region_box
+
+    margin = margin_mm + float(profile["focus"]["margin_mm"])
+    voxels = [int(np.ceil(margin / z)) for z in images["template"].spacing]
+    indices = [images["labels"][name] for name in DEFAULT_CROP_REGIONS]
+    box = region_box(images["atlas"].numpy(), indices, voxels)
+    return list(box.lower), list(box.upper)
 
 
 def pipeline_run(bids: Path, root: Path, tag: str, args, reference: Path, source) -> dict:
@@ -149,6 +180,7 @@ def main() -> None:
     parser.add_argument("--weights", default="random")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--plugin", default="Linear")
+    parser.add_argument("--omp-nthreads", type=int, default=1, help="threads of both sides")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--baseline-source", type=Path)
     parser.add_argument("--reference", choices=("warm", "cold"), default="warm")
@@ -167,6 +199,7 @@ def main() -> None:
         ).bids_dir
     profile = registration_profile(args.profile)
     images, cold_s = reference_files(root, args.resolution)
+    focus = focus_indices(images, profile)
     variants = {"pipeline": None}
     if args.baseline_source:
         variants = {"baseline": args.baseline_source.resolve(), "pipeline": None}
@@ -178,7 +211,7 @@ def main() -> None:
             load = load_average()
             if tag == "bare":
                 times = [
-                    bare_registration(anat, images["template"], images["mask"], profile)
+                    bare_registration(anat, images["template"], images["mask"], profile, focus)
                     for anat in anats
                 ]
                 row = {"seconds": sum(t[0] for t in times), "cpu_seconds": sum(t[1] for t in times)}

@@ -44,7 +44,7 @@ from _common import (  # noqa: E402
     write_result,
 )
 
-from bids_qnet.embed import resolve_device  # noqa: E402
+from bids_qnet.models.device import resolve_device  # noqa: E402
 from bids_qnet.models.resnet import build_classifier  # noqa: E402
 from bids_qnet.training.augment import test_transform, train_transform  # noqa: E402
 from bids_qnet.training.stage1 import Stage1Config, slice_dataset, train_stage1  # noqa: E402

@@ -76,3 +76,19 @@ class DataLeakageError(QNetError, RuntimeError):
     """A participant appears on both sides of a train/test split."""
 
     exit_code = EXIT_FAILURE
+
+
+def one_line(text: object) -> str:
+    """Return ``text`` on one line: line breaks and runs of white space become one space."""
+    return " ".join(str(text).split())
+
+
+def describe(exc: BaseException) -> str:
+    """Return ``TypeName: text`` of an exception on one line, for messages that quote it.
+
+    An exception without text gives its type name alone; a ``MemoryError`` says what it means.
+    """
+    text = one_line(exc)
+    if isinstance(exc, MemoryError):
+        return "not enough memory" + (f" ({text})" if text else "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,9 +1,11 @@
 """Write descriptor.json (Boutiques 0.5, BIDS App) from bids_qnet's argument parser.
 
-The parser (bids_qnet/cli/parser.py) is the single source of the options: this script turns
-every option into a Boutiques input (id = argparse dest, flag = its first long option string,
-type, choices, defaults and list-ness from argparse) and adds what the parser cannot say: the
-BIDS App command line and output, the container image, resources, tests and CBRAIN's keys.
+The parser (bids_qnet/cli/parser.py, built from the option declarations in bids_qnet/config.py)
+is the single source of the options: this script turns every option into a Boutiques input
+(id = argparse dest, flag = its first long option string, type, choices, defaults and
+list-ness from argparse, lower bounds from the declarations) and adds what the parser cannot
+say: the BIDS App command line and output, the container image, resources, tests and CBRAIN's
+keys.
 tests/test_descriptor.py fails when descriptor.json and the parser disagree.
 
     python scripts/make_descriptor.py           # rewrite descriptor.json at the repo root
@@ -20,11 +22,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTOR = ROOT / "descriptor.json"
 
-#: Docker Hub repository of the image; the tag is the package version (see docs/containers.md).
-IMAGE_REPOSITORY = "bidsqnet/bids_qnet"
 
-#: Parser actions that print something and exit: no input in the descriptor.
-NOT_INPUTS = {"help", "version", "bids_exec_spec"}
+#: Parser actions that print something and exit, and the parser-only spelling of output_dir:
+#: no input in the descriptor.
+NOT_INPUTS = {"help", "version", "bids_exec_spec", "output_dir_option"}
+
+#: The output folder once more, glued to its flag. bosh 0.5.33 substitutes the inputs in
+#: descriptor order and, for an absent input, deletes every " [OUTPUT_DIR]" that follows a
+#: space: with output_dir_name absent (a group-level invocation with only
+#: participant_level_analysis_dir) the positional output folder disappears. This occurrence
+#: follows "=", survives, and participant_level_analysis_dir fills it; bids_qnet accepts the
+#: output folder as --output-dir when the positional is missing (and checks that both agree
+#: when both are there).
+OUTPUT_DIR_AGAIN = "--output-dir=[OUTPUT_DIR]"
+
+#: What each level needs (Boutiques has one "suggested-resources" per tool: the group level's,
+#: the larger; these are in "custom" and docs/containers.md). Participant: one participant at 1 mm
+#: with the precise profile; group: 100 participants, the paper's settings, on one GPU.
+RESOURCES_BY_LEVEL = {
+    "participant": {
+        "cpu-cores": 2,
+        "ram": 4,
+        "disk-space": 1,
+        "walltime-estimate": 1800,
+        "gpu-cores": 0,
+        "note": "per participant (one job each): about 11 min of registration on 2 cores with "
+        "the precise profile; 2 GiB peak memory; 0.2 GB of outputs (0.1 GB with "
+        "--no-inverse-transforms) plus the work folder",
+    },
+    "group": {
+        "cpu-cores": 8,
+        "ram": 16,
+        "disk-space": 10,
+        "walltime-estimate": 14400,
+        "gpu-cores": 1,
+        "note": "100 participants, 10 folds, 100 + 50 epochs on one GPU; about 0.5 GB of "
+        "models and attribution maps",
+    },
+}
 
 #: BIDS App inputs the CBRAIN BidsAppHandler and `bosh validate --bids` rely on, in that order.
 BIDS_KEYS = ["bids_dir", "output_dir", "analysis_level", "participant_label", "session_label"]
@@ -32,24 +67,6 @@ BIDS_KEYS = ["bids_dir", "output_dir", "analysis_level", "participant_label", "s
 #: Path options that name something bids_qnet creates, not an existing input file.
 STRING_PATHS = {"work_dir"}
 
-#: Lower bounds the parser leaves to bids_qnet.cli.run.check_settings.
-MINIMUM = {
-    "nprocs": 1,
-    "omp_nthreads": 1,
-    "image_size": 1,
-    "batch_size": 1,
-    "cv_repeats": 1,
-    "epochs": 1,
-    "qnet_epochs": 1,
-    "bootstrap_replicates": 1,
-    "ig_steps": 1,
-    "folds": 2,
-    "fold": 0,
-    "bins": 2,
-    "crop_margin": 0,
-    "random_seed": 0,
-}
-EXCLUSIVE_MINIMUM = {"template_resolution": 0}
 
 NAMES = {
     "bids_dir": "BIDS dataset",
@@ -81,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     from bids_qnet.cli.parser import build_parser
 
     return build_parser()
+
+
+def _bounds() -> dict[str, tuple[float, bool]]:
+    """Lower bounds the parser leaves to bids_qnet.config.check_settings, by option dest."""
+    sys.path.insert(0, str(ROOT))
+    from bids_qnet.config import declarations
+
+    return {
+        spec.dest: (spec.minimum, spec.exclusive_minimum)
+        for _, _, _, spec in declarations()
+        if spec.minimum is not None
+    }
 
 
 def _name(dest: str) -> str:
@@ -124,17 +153,16 @@ def _input(action: argparse.Action) -> dict:
     if action.nargs == "+":
         entry.update({"list": True, "min-list-entries": 1})
     entry.update(extra)
-    if action.dest in MINIMUM:
-        entry["minimum"] = MINIMUM[action.dest]
-    if action.dest in EXCLUSIVE_MINIMUM:
-        entry.update({"minimum": EXCLUSIVE_MINIMUM[action.dest], "exclusive-minimum": True})
+    minimum, exclusive = _bounds().get(action.dest, (None, False))
+    if minimum is not None:
+        entry["minimum"] = minimum
+    if exclusive:
+        entry["exclusive-minimum"] = True
     default = action.default
     if kind != "Flag" and default not in (None, [], {}) and default != argparse.SUPPRESS:
         entry["default-value"] = list(default) if isinstance(default, list | tuple) else default
     if action.dest == "verbose":
-        entry["description"] += (
-            " (one level: INFO from nipype; run bids_qnet -vv by hand for DEBUG)"
-        )
+        entry["description"] += " (a Boutiques flag gives one level: plain log lines)"
     return entry
 
 
@@ -165,8 +193,9 @@ def _bids_inputs(actions: dict[str, argparse.Action]) -> list[dict]:
             "type": "File",
             "value-key": "[OUTPUT_DIR]",
             "description": "The participant level's derivative dataset, for the group level "
-            "(BIDS App convention). bosh 0.5.33 drops [OUTPUT_DIR] from the command line when "
-            "output_dir_name is absent, so give output_dir_name at both levels, as CBRAIN does.",
+            "(BIDS App convention; output_dir_name works at both levels too). The command "
+            "line then carries it as --output-dir (bosh drops the positional output folder "
+            "when output_dir_name is absent).",
             "optional": True,
         },
         {
@@ -272,6 +301,7 @@ def build_descriptor() -> dict:
         The descriptor, ready for ``json.dumps``.
     """
     from bids_qnet import CODE_URL, __version__
+    from bids_qnet.outputs.derivatives import IMAGE_REPOSITORY
 
     parser = _parser()
     actions = {a.dest: a for a in parser._actions}
@@ -291,7 +321,8 @@ def build_descriptor() -> dict:
         "url": CODE_URL,
         "description": parser.description,
         "command-line": (
-            f"mkdir -p [OUTPUT_DIR]; bids_qnet [BIDS_DIR] [OUTPUT_DIR] [ANALYSIS_LEVEL] {keys}"
+            f"mkdir -p [OUTPUT_DIR]; bids_qnet [BIDS_DIR] [OUTPUT_DIR] [ANALYSIS_LEVEL] {keys} "
+            f"{OUTPUT_DIR_AGAIN}"
         ),
         "container-image": {
             "type": "singularity",
@@ -311,12 +342,10 @@ def build_descriptor() -> dict:
         ],
         "groups": _groups(parser, inputs),
         "error-codes": _error_codes(),
+        # One set per tool in Boutiques: the larger of the two levels (RESOURCES_BY_LEVEL).
         "suggested-resources": {
-            "cpu-cores": 4,
-            "ram": 16,
-            "disk-space": 10,
-            "walltime-estimate": 14400,
-            "gpu-cores": 1,
+            key: max(level[key] for level in RESOURCES_BY_LEVEL.values())
+            for key in ("cpu-cores", "ram", "disk-space", "walltime-estimate", "gpu-cores")
         },
         "tags": {
             "domain": ["neuroinformatics", "mri", "qsm", "deep-learning", "bids"],
@@ -332,6 +361,7 @@ def build_descriptor() -> dict:
             "cbrain:integrator_modules": {
                 "BoutiquesOutputFileTypeSetter": {"output_dir": "BidsAppOutput"},
             },
+            "bids_qnet:suggested-resources-by-level": RESOURCES_BY_LEVEL,
         },
     }
 

@@ -1,5 +1,14 @@
-"""Shared fixtures: a small demo cohort run through the participant level once per session."""
+"""Shared fixtures: a small demo cohort run through the participant level once per session.
 
+The session's outputs are shared by many tests, so no test may change them: ``run["bids"]`` and
+``run["out"]`` are made read-only once written, and a test that runs bids_qnet on them works on
+:func:`writable_copy`. ``run["work"]`` is nipype's cache of that run: tests may pass it as
+``--work-dir`` to reuse the cached steps (a node is recomputed only when its inputs change, and
+then gives the same result), never to hold their own outputs.
+"""
+
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -23,6 +32,7 @@ OPTIONS = [
     "--random-seed",
     "7",
 ]
+_WRITE = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -30,6 +40,22 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
         str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in folder.rglob("*")
     }
+
+
+def read_only(folder: Path) -> Path:
+    """Take write permission away from ``folder`` and everything in it."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.chmod(path.stat().st_mode & ~_WRITE)
+    folder.chmod(folder.stat().st_mode & ~_WRITE)
+    return folder
+
+
+def writable_copy(source: Path, target: Path) -> Path:
+    """Copy a fixture's folder (without ``sourcedata``) to ``target``, writable throughout."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("sourcedata"))
+    for path in [target, *target.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    return target
 
 
 @pytest.fixture(scope="session")
@@ -46,4 +72,6 @@ def run(tmp_path_factory):
     before = snapshot(bids)
     out, work = root / "out", root / "work"
     code = main([str(bids), str(out), "participant", "-w", str(work), *OPTIONS])
+    read_only(out)
+    read_only(bids)
     return {"bids": bids, "out": out, "work": work, "code": code, "before": before}

@@ -21,7 +21,9 @@ import pytest
 
 from bids_qnet.data import registration_profile
 from bids_qnet.demo import make_demo_dataset
-from bids_qnet.derivatives import build_path, sidecar_path, write_atomic, write_sidecar
+from bids_qnet.outputs.atomic import write_atomic
+from bids_qnet.outputs.derivatives import dataset_description, sidecar_path, write_sidecar
+from bids_qnet.outputs.names import build_path, entity_name
 
 SPACE = "MNI152NLin2009cAsym"
 STEM = f"sub-01_space-{SPACE}_res-2_desc-bgcrop"
@@ -206,12 +208,15 @@ def assert_complete_files_whole(out: Path, reference: Path) -> None:
 def participant_outputs(out: Path) -> list[str]:
     """Return the participant's result files (data, sidecars, figures), relative to ``out``.
 
-    Logs (``sub-*/log``) and the HTML report (it shows the run id and timings) are left out.
+    Logs (``sub-*/log``), the HTML report and its data (``figures/*_report.json``: the run id,
+    the time and the timings of the run that wrote it) are left out.
     """
     return sorted(
         str(p.relative_to(out))
         for p in Path(out).glob("sub-*/**/*")
-        if p.is_file() and "log" not in p.relative_to(out).parts
+        if p.is_file()
+        and "log" not in p.relative_to(out).parts
+        and not p.name.endswith("_report.json")
     )
 
 
@@ -265,6 +270,24 @@ def make_writable(folder: Path) -> None:
 # --- the group level on synthetic participant-level outputs ---------------------------------
 
 
+#: The synthetic cohorts' atlas: two nuclei inside the crop box (margin 2 voxels).
+ATLAS_NAME = "Test"
+ATLAS_REGIONS = {1: "Left_Caudate", 2: "Right_Caudate"}
+
+
+def write_atlas(out: Path, n_slices: int = 6, size: int = 16) -> None:
+    """Write the root atlas and its label table, as the participant level does."""
+    volume = np.zeros((size + 4, size + 4, n_slices + 4), np.int16)
+    volume[4 : size // 2, 4 : size - 2, 3:n_slices] = 1
+    volume[size // 2 + 2 : size, 4 : size - 2, 3:n_slices] = 2
+    image = nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0]))
+    entities = {"space": SPACE, "atlas": ATLAS_NAME, "res": "2"}
+    out.mkdir(parents=True, exist_ok=True)
+    nib.save(image, out / entity_name(entities, "dseg", ".nii.gz"))
+    table = pd.DataFrame({"index": list(ATLAS_REGIONS), "name": list(ATLAS_REGIONS.values())})
+    table.to_csv(out / f"atlas-{ATLAS_NAME}_dseg.tsv", sep="\t", index=False)
+
+
 def write_scan_outputs(
     out: Path,
     subject: str,
@@ -277,16 +300,35 @@ def write_scan_outputs(
 ) -> None:
     """Write one participant's slice stack and embeddings with sidecars, as the sink does.
 
-    The positive class has brighter slices and shifted embeddings, so the models can learn.
+    The sidecars carry the crop box on the atlas of :func:`write_atlas` (2 voxels in from its
+    corner) and the first channel's crop image is written beside them, so the group level can
+    cut the atlas to the crop. The positive class has brighter slices and shifted embeddings,
+    so the models can learn.
     """
     entities = {"sub": subject, "space": SPACE, "res": "2", "desc": "bgcrop"}
     slices = rng.random((n_slices, 3, size, size), dtype=np.float32) * 0.5 + 0.25 * label
     embeddings = rng.normal(0.3 * label, 1.0, (n_slices, 512)).astype(np.float32)
     meta = {"bids_qnet": {"Version": version, "SettingsFingerprint": fingerprint}}
+    description = Path(out) / "dataset_description.json"
+    if not description.is_file():  # a bids_qnet derivative dataset, as the participant level makes
+        Path(out).mkdir(parents=True, exist_ok=True)
+        description.write_text(json.dumps(dataset_description([])))
+    crop = {
+        "Box": {"lower": [2, 2, 2], "upper": [size + 2, size + 2, n_slices + 2]},
+        "Channels": ["Chimap", "R2starmap", "T1w"],
+        "Shape": list(slices.shape),
+        "Atlas": ATLAS_NAME,
+        "Regions": list(ATLAS_REGIONS.values()),
+    }
     for suffix, array in (("slices", slices), ("embeddings", embeddings)):
         path = out / build_path(entities, suffix, ".npy")
         write_atomic(path, lambda tmp, a=array: np.save(tmp, a))
-        write_sidecar(path, {"Sources": [], **meta})
+        extra = crop if suffix == "slices" else {}
+        write_sidecar(path, {"Sources": [], **meta, **extra})
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [4.0, 4.0, 4.0]
+    image = nib.Nifti1Image(np.zeros((size, size, n_slices), np.float32), affine)
+    nib.save(image, out / build_path(entities, "Chimap", ".nii.gz"))
 
 
 def group_cohort(root: Path, n_participants: int = 8, seed: int = 0) -> tuple[Path, Path]:
@@ -302,6 +344,7 @@ def group_cohort(root: Path, n_participants: int = 8, seed: int = 0) -> tuple[Pa
         bids / "participants.tsv", sep="\t", index=False
     )
     rng = np.random.default_rng(seed)
+    write_atlas(out)
     for subject, group in zip(subjects, groups, strict=True):
         write_scan_outputs(out, subject, int(group == "HH"), rng)
     return bids, out

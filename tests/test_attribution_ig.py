@@ -1,12 +1,18 @@
 """Integrated Gradients through the whole Q-Net, Grad-CAM, baselines and batch sizes."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from bids_qnet.attribution.integrated import (
+    PIXEL_BUDGET,
+    IGJob,
+    cudnn_off_in_rnns,
     grad_cam,
     integrated_gradients,
+    integrated_gradients_many,
     internal_batch_size,
     make_baseline,
 )
@@ -73,6 +79,71 @@ def test_two_class_attributions_are_opposite_and_batching_does_not_matter():
     toward_1 = integrated_gradients(model, x, b, target=1, n_steps=16, batch_size=16)
     toward_0 = integrated_gradients(model, x, b, target=0, n_steps=16, batch_size=3)
     np.testing.assert_allclose(toward_0.attribution, -toward_1.attribution, atol=1e-5)
+
+
+def test_several_scans_in_one_call_equal_one_by_one():
+    model, _ = _model(seed=8)  # ResNet (BatchNorm in eval mode) and Bi-LSTM
+    x = torch.cat([_input(model, seed=s) for s in (9, 10, 11)])
+    b = make_baseline(x, "blur", (1.0, 2.0, 2.0))
+    together = integrated_gradients(model, x, b, target=[1, 0, 1], n_steps=8, batch_size=6)
+    assert isinstance(together, list) and len(together) == 3
+    for i, target in enumerate((1, 0, 1)):
+        alone = integrated_gradients(model, x[i : i + 1], b[i : i + 1], target, n_steps=8)
+        np.testing.assert_allclose(together[i].attribution, alone.attribution, atol=1e-6, rtol=1e-4)
+        assert together[i].output == pytest.approx(alone.output, abs=1e-5)
+        assert together[i].baseline_output == pytest.approx(alone.baseline_output, abs=1e-5)
+        assert together[i].delta == pytest.approx(alone.delta, abs=1e-5)
+    one_target = integrated_gradients(model, x[:2], b[:2], target=1, n_steps=8)
+    assert isinstance(one_target, list) and len(one_target) == 2
+    with pytest.raises(UsageError, match="targets"):
+        integrated_gradients(model, x, b, target=[1, 0], n_steps=8)
+
+
+def test_many_scans_are_grouped_by_shape_within_the_pass_budget():
+    model, _ = _model(seed=14)
+    four, three = (1, 4, 3, 14, 18), (1, 3, 3, 14, 18)
+    jobs = []
+    for seed, shape in enumerate([four, three, four, four, four]):
+        x = _input(model, seed=20 + seed, shape=shape)
+        jobs.append(IGJob(x, make_baseline(x, "blur", (1.0, 2.0, 2.0)), seed % 2))
+    # the pass size is set as for images of this side: 3 sequences of 4 slices, 4 of 3 slices
+    size = int((PIXEL_BUDGET["cpu"] / 12) ** 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # captum warns when a pass cannot hold every scan
+        found = integrated_gradients_many(model, jobs, 5, size, torch.device("cpu"))
+    assert [batch for _, batch, _ in found] == [3, 4, 3, 3, 3]
+    for job, (result, _, seconds) in zip(jobs, found, strict=True):
+        alone = integrated_gradients(model, job.x, job.baseline, job.target, n_steps=5)
+        np.testing.assert_allclose(result.attribution, alone.attribution, atol=1e-6, rtol=1e-4)
+        assert result.delta == pytest.approx(alone.delta, abs=1e-5) and seconds > 0
+
+
+def test_cudnn_is_off_only_inside_recurrent_layers():
+    model, _ = _model(seed=12)
+    seen = {}
+
+    def record(name):
+        def hook(module, args):
+            seen[name] = torch.backends.cudnn.enabled
+
+        return hook
+
+    conv = model.backbone.conv1 if hasattr(model.backbone, "conv1") else None
+    conv = conv or next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    x = _input(model, seed=13)
+    before = torch.backends.cudnn.enabled
+    with cudnn_off_in_rnns(model):
+        handles = [
+            model.qnet.lstm.register_forward_pre_hook(record("lstm")),
+            conv.register_forward_pre_hook(record("conv")),
+        ]
+        with torch.no_grad():
+            model(x)
+        for handle in handles:
+            handle.remove()
+        assert torch.backends.cudnn.enabled == before
+    assert seen == {"lstm": False, "conv": before}
+    assert not model.qnet.lstm._forward_pre_hooks and not model.qnet.lstm._forward_hooks
 
 
 def test_blur_baseline_keeps_the_mean_and_smooths():

@@ -10,7 +10,7 @@ from bids_qnet.attribution.network import (
     pull_back,
     stage1_geometry,
 )
-from bids_qnet.embed import embed_slices, load_backbone
+from bids_qnet.models.embedding import embed_slices, load_backbone
 from bids_qnet.models.resnet import build_classifier, features
 from bids_qnet.training.stage1 import embed_slices_with, predict_slices
 from bids_qnet.training.stage2 import Stage2Config, build_qnet, predict_stage2

@@ -8,7 +8,7 @@ import pytest
 
 from bids_qnet.attribution.plan import plan_scans
 from bids_qnet.errors import InputDataError, UsageError
-from bids_qnet.group_inputs import Scan
+from bids_qnet.inputs.scans import Scan
 
 
 def _scan(sub, ses=None):

@@ -120,3 +120,23 @@ def test_orient_turns_two_class_maps_toward_the_positive_class():
     oriented = orient(maps, np.array([1, 0, 1]), positive=1)
     assert oriented[:, 0, 0].tolist() == [1.0, -1.0, 1.0]
     assert orient(maps, np.array([1, 0, 2]), positive=None) is maps
+
+
+def test_reliability_warnings_go_to_the_group_warnings_table(tmp_path):
+    from bids_qnet.attribution.group import record_reliability
+    from bids_qnet.outputs.warnings import read_warnings
+
+    record_reliability(tmp_path, {"Warnings": [], "Unconverged": []})
+    assert read_warnings(tmp_path) == []
+    checks = {
+        "Unconverged": ["sub-03", "sub-04"],
+        "Warnings": [
+            "Q-Net's scan-level AUC is 0.52 ... includes chance (0.5)",
+            "Integrated Gradients did not converge for 2 of 4 scans (relative delta above 5%)",
+        ],
+    }
+    record_reliability(tmp_path, checks)
+    rows = read_warnings(tmp_path)
+    assert [r["source"] for r in rows] == ["attribution", "attribution"]
+    assert rows[0]["message"].startswith("Q-Net's scan-level AUC is 0.52")
+    assert rows[1]["message"].endswith("(sub-03, sub-04)")

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 
 from bids_qnet.attribution.outputs import map_path, read_map, write_map
-from bids_qnet.attribution.volumes import crop_grid, unstack
-from bids_qnet.crop import Box, slice_stack
-from bids_qnet.derivatives import sidecar_path, write_sidecar
+from bids_qnet.attribution.volumes import unstack
 from bids_qnet.errors import InputDataError
-from bids_qnet.group_inputs import Scan
+from bids_qnet.inputs.scans import Scan
+from bids_qnet.outputs.derivatives import sidecar_path, write_sidecar
+from bids_qnet.preprocess.crop import Box, slice_stack
+from bids_qnet.preprocess.crop_grid import crop_grid
 
 
 def test_unstack_inverts_slice_stack_exactly():
@@ -70,7 +71,7 @@ def test_crop_grid_cuts_the_atlas_with_the_box(tmp_path):
     affine = np.array([[2.0, 0, 0, -20], [0, 2, 0, -18], [0, 0, 2, -16], [0, 0, 0, 1]])
     box = Box((3, 4, 2), (16, 12, 10))
     out, scan, labels = _participant(tmp_path, affine, box)
-    grid = crop_grid(scan, out)
+    grid = crop_grid(scan.slices, out)
     np.testing.assert_array_equal(grid.labels, labels[box.slices])
     assert grid.shape == box.shape and grid.zooms == (2.0, 2.0, 2.0)
     assert grid.names == {36: "Right_Caudate", 37: "Left_Caudate"}
@@ -95,4 +96,4 @@ def test_crop_grid_refuses_a_crop_that_does_not_line_up(tmp_path):
     box = Box((3, 4, 2), (16, 12, 10))
     out, scan, _ = _participant(tmp_path, affine, box, shift_crop=True)
     with pytest.raises(InputDataError, match="does not line up"):
-        crop_grid(scan, out)
+        crop_grid(scan.slices, out)

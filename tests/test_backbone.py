@@ -47,7 +47,7 @@ def test_same_outputs_and_gradients_as_torchvision():
 def test_participant_level_embedding_does_not_import_torchvision():
     code = (
         "import sys\n"
-        "from bids_qnet.embed import load_backbone\n"
+        "from bids_qnet.models.embedding import load_backbone\n"
         "load_backbone('random', 3, seed=0)\n"
         "assert 'torchvision' not in sys.modules, sorted(m for m in sys.modules if 'vision' in m)\n"
     )

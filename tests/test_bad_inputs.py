@@ -23,6 +23,7 @@ from bids_qnet.errors import (
     EXIT_USAGE,
     EXIT_VALIDATION,
 )
+from bids_qnet.outputs.names import GroupFiles
 
 from .bids_examples import empty_files, qmri_megre, qmri_qsm
 from .robustness import (
@@ -102,7 +103,7 @@ def _participant(broken, label: str, *extra: str) -> int:
     [
         ("02", EXIT_NO_INPUT, ["sub-02", "no R2starmap image", "--channels"]),
         ("03", EXIT_DATA, ["sub-03", "sub-03_Chimap.nii.gz is an empty (0-byte) file"]),
-        ("04", EXIT_DATA, ["sub-04", "sub-04_Chimap.nii.gz cannot be read as NIfTI"]),
+        ("04", EXIT_DATA, ["sub-04", "sub-04_Chimap.nii.gz is truncated"]),
         ("05", EXIT_DATA, ["sub-05", "is 4D with shape", "a 3D map is expected"]),
         ("06", EXIT_DATA, ["sub-06", "has no finite voxel (all NaN/Inf)"]),
         ("07", EXIT_DATA, ["sub-07", "fields of view of sub-07_R2starmap.nii.gz", "share 0%"]),
@@ -191,7 +192,7 @@ def test_filter_file_not_json(broken, tmp_path, capsys):
 
 
 def test_partial_nan_is_accepted_and_counted(broken):
-    from bids_qnet import bids_io
+    from bids_qnet.inputs import bids_dataset as bids_io
 
     anat = broken["bids"] / "sub-01" / "anat"
     path = broken["root"] / "nan" / "sub-01_Chimap.nii.gz"
@@ -319,7 +320,7 @@ def test_group_labels_for_absent_participants_are_left_out(cohort, caplog):
     tsv.write_text(tsv.read_text() + "sub-98\tHC\nsub-99\tHH\n")
     assert _group(cohort, "--stage1", "frozen") == EXIT_SUCCESS
     assert "left out, no participant-level outputs: sub-98, sub-99" in caplog.text
-    splits = (cohort["out"] / "desc-cv_splits.tsv").read_text()
+    splits = GroupFiles(cohort["out"]).splits.read_text()
     assert "sub-98" not in splits and "sub-06" in splits
 
 
@@ -345,7 +346,7 @@ def test_group_refuses_mixed_versions_or_settings(cohort, capsys, changed, shown
     assert "made with 2 different bids_qnet versions/settings" in lines[0]
     assert shown in lines[0] and "1 scan(s) (sub-02)" in lines[0]
     assert "--overwrite" in lines[0]
-    assert not (cohort["out"] / "models").exists()
+    assert not GroupFiles(cohort["out"]).models.exists()
 
 
 # --- registration quality gate (a real registration) ----------------------------------------
@@ -368,3 +369,14 @@ def test_wrong_affine_is_caught_by_the_registration_gate(broken, tmp_path):
     assert "sub-10: registration of T1w" in lines[0] and "failed its quality check" in lines[0]
     assert "abs_brain_correlation" in lines[0]
     assert not (tmp_path / "out" / "sub-10" / "anat").exists()  # nothing cropped from anywhere
+
+
+def test_stop_on_first_crash_stops_before_anyone_when_preflight_fails(broken, capsys):
+    root = broken["root"]
+    out = root / "out-stop"
+    args = participant_args(broken["bids"], out, root / "work-stop", broken["profile"])
+    argv = [*args, "--participant-label", "01", "02", "--skip-bids-validation"]
+    assert main([*argv, "--stop-on-first-crash"]) == EXIT_NO_INPUT
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and "no R2starmap image" in lines[0]
+    assert not (out / "sub-01" / "anat").exists()  # sub-01 is fine but was not started

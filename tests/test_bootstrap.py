@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from bids_qnet.errors import InputDataError
-from bids_qnet.metrics import auc_mann_whitney
 from bids_qnet.stats.bootstrap import (
     bootstrap_auc,
     bootstrap_comparison,
@@ -15,6 +14,7 @@ from bids_qnet.stats.bootstrap import (
     stratified_counts,
 )
 from bids_qnet.stats.clustered import obuchowski_ci, obuchowski_test
+from bids_qnet.stats.metrics import auc_mann_whitney
 
 
 def clustered_cohort(seed=0, n_participants=60, n_slices=12, effect=(0.9, 0.5)):

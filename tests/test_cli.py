@@ -31,6 +31,16 @@ def test_unknown_analysis_level_exits_17(tmp_path, capsys):
     assert exit_info.value.code == EXIT_UNKNOWN_LEVEL
 
 
+@pytest.mark.parametrize("argv", [[], ["in"], ["in", "out"]])
+def test_missing_arguments_exit_64(argv, capsys):
+    """``bids_qnet`` alone is a usage error (64), not an unknown analysis level (17)."""
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == EXIT_USAGE
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("bids_qnet: error: the following arguments are required")
+
+
 def test_bad_option_exits_64_not_2(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([str(tmp_path), str(tmp_path), "participant", "--nope"])
@@ -114,3 +124,119 @@ def test_reference_channel_must_be_a_channel(tmp_path, capsys):
     )
     assert code == EXIT_USAGE
     assert "--reference-channel" in capsys.readouterr().err
+
+
+def test_help_documents_every_option_once_with_consistent_metavars():
+    text = build_parser().format_help()
+    assert "(default: None)" not in text and "[" + "'" not in text  # no Python reprs
+    assert "(default: Chimap R2starmap T1w)" in text
+    for action in build_parser()._actions:
+        if action.option_strings:
+            assert action.help, f"{action.option_strings} has no help"
+            metavar = action.metavar or ""
+            assert metavar == metavar.upper() or "|" in metavar, action.option_strings
+    assert "--random-seed N" in text and "--device {auto,cpu,cuda}" in text
+    assert "the cores available to this process" in " ".join(text.split())
+    flat = " ".join(text.split())
+    for shown in (
+        "--cv-repeats N repeats of the cross-validation (default: 1)",
+        "(ITK, torch) (default: 1)",
+        "output grid (default: 1.0)",
+    ):
+        assert shown in flat  # defaults equal to 1 or 1.0 are shown too (1 == True)
+    assert "(default: 0)" not in flat  # -v is a count, not a value
+    for action in build_parser()._actions:
+        if action.option_strings:
+            assert (action.help or "").count("(default") <= 1
+
+
+def test_nprocs_defaults_to_the_cores_this_process_may_use():
+    import os
+
+    from bids_qnet.config import Settings
+
+    settings = Settings.from_arguments(build_parser().parse_args(["i", "o", "participant"]))
+    assert 1 <= settings.execution.nprocs <= len(os.sched_getaffinity(0))
+    explicit = build_parser().parse_args(["i", "o", "participant", "--nprocs", "3"])
+    assert Settings.from_arguments(explicit).execution.nprocs == 3
+
+
+def test_output_dir_as_an_option_and_positionals_after_options(tmp_path, capsys):
+    parse = build_parser().parse_args
+    args = parse(["--folds", "3", "bids", "group", "--output-dir", "out"])
+    assert (str(args.bids_dir), str(args.output_dir), args.analysis_level) == (
+        "bids",
+        "out",
+        "group",
+    )
+    both = parse(["bids", "out", "participant", "--output-dir=out"])
+    assert str(both.output_dir) == "out"
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["bids", "out", "participant", "--output-dir", "elsewhere"])
+    assert exit_info.value.code == EXIT_USAGE
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["bids", "participant"])
+    assert exit_info.value.code == EXIT_USAGE
+    assert "output_dir" in capsys.readouterr().err
+
+
+def test_config_file_values_under_command_line_values(tmp_path):
+    from bids_qnet.config import Settings
+
+    config = tmp_path / "qnet.toml"
+    config.write_text(
+        'folds = 4\nregistration-profile = "fast"\nparticipant_label = ["01", "02"]\n'
+        "skip-bids-validation = true\nno-inverse-transforms = true\nverbose = 1\n"
+        'template-resolution = 2\n[plugin-settings]\nsbatch_args = "-p short"\n'
+    )
+    args = build_parser().parse_args(["i", "o", "group", "--config", str(config), "--folds", "6"])
+    settings = Settings.from_arguments(args)
+    assert settings.training.folds == 6  # the command line wins
+    assert settings.preprocessing.registration_profile == "fast"
+    assert settings.preprocessing.template_resolution == 2.0
+    assert settings.preprocessing.inverse_transforms is False
+    assert settings.inputs.participant_label == ["01", "02"]
+    assert settings.inputs.skip_bids_validation and settings.execution.verbose == 1
+    assert settings.execution.plugin_settings == {"sbatch_args": "-p short"}
+    assert settings.to_dict()["config_file"] == str(config.absolute())  # recorded
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "message"),
+    [
+        ("fodls = 4\n", EXIT_USAGE, "unknown option(s) fodls"),
+        ('folds = "four"\n', EXIT_USAGE, "folds = 'four'"),
+        ('crop = "half"\n', EXIT_USAGE, "one of bg, full"),
+        ("folds = [\n", EXIT_USAGE, "not valid TOML"),
+        (None, 66, "no such file"),
+    ],
+)
+def test_config_file_errors(tmp_path, capsys, content, code, message):
+    config = tmp_path / "qnet.toml"
+    if content is not None:
+        config.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["i", "o", "group", "--config", str(config)])
+    assert exit_info.value.code == code
+    assert message in capsys.readouterr().err
+
+
+def test_device_choice_is_said_with_its_reason(monkeypatch):
+    import torch
+
+    from bids_qnet.models.device import choose_device, cpu_reason
+
+    device, text = choose_device("cpu")
+    assert device.type == "cpu" and text == "cpu (--device cpu)"
+    if torch.version.cuda is None:
+        assert "no CUDA support" in cpu_reason()
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        assert cpu_reason() == "CUDA_VISIBLE_DEVICES hides every GPU"
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+        assert "finds no GPU or driver" in cpu_reason()
+    device, text = choose_device("auto")
+    if device.type == "cpu":
+        assert text.startswith("cpu (--device auto: ")
+    else:
+        assert torch.cuda.get_device_name(device) in text

@@ -9,11 +9,14 @@ import pytest
 from matplotlib.image import imread
 
 from bids_qnet.errors import InputDataError
-from bids_qnet.stats import compare_models, write_model_comparisons
+from bids_qnet.outputs.derivatives import sidecar_path
+from bids_qnet.outputs.names import GroupFiles
+from bids_qnet.stats import compare_models
 from bids_qnet.stats.clustered import obuchowski_test
 from bids_qnet.stats.compare import COMPARISON_COLUMNS, INTERVAL_COLUMNS, REPLICATE_COLUMNS
 from bids_qnet.stats.delong import delong_test
 from bids_qnet.stats.significance import holm, stars
+from bids_qnet.workflows.results import write_model_comparisons
 
 MODELS = {"ResNet": 0.5, "ResNetSWA": 0.7, "QNet": 1.4}  # model: effect of the label
 
@@ -161,23 +164,23 @@ def test_bad_tables_raise(predictions):
 def test_write_model_comparisons(tmp_path, predictions):
     paths = write_model_comparisons(predictions, tmp_path, n_replicates=200, seed=4)
     expected = {
-        "comparisons": tmp_path / "desc-delong_comparisons.tsv",
-        "replicates": tmp_path / "desc-bootstrap_aucs.tsv",
-        "intervals": tmp_path / "desc-bootstrap_ci.tsv",
-        "boxplot_image": tmp_path / "figures" / "desc-aucboxplotimage_boxplot.png",
-        "boxplot_scan": tmp_path / "figures" / "desc-aucboxplotscan_boxplot.png",
+        "comparisons": GroupFiles(tmp_path).comparisons,
+        "replicates": GroupFiles(tmp_path).bootstrap_aucs,
+        "intervals": GroupFiles(tmp_path).bootstrap_ci,
+        "boxplot_image": GroupFiles(tmp_path).auc_boxplot("image"),
+        "boxplot_scan": GroupFiles(tmp_path).auc_boxplot("scan"),
     }
     assert paths == expected
     table = pd.read_csv(expected["comparisons"], sep="\t", na_values="n/a")
     assert list(table.columns) == list(COMPARISON_COLUMNS) and len(table) == 6
     reference = compare_models(predictions, n_replicates=200, seed=4).comparisons
     np.testing.assert_allclose(table["z"], reference["z"], rtol=1e-12)
-    sidecar = json.loads((tmp_path / "desc-delong_comparisons.json").read_text())
+    sidecar = json.loads(sidecar_path(GroupFiles(tmp_path).comparisons).read_text())
     assert sidecar["Complete"] is True
     assert sidecar["Methods"]["image"]["Method"] == "Obuchowski clustered"
     assert sidecar["Methods"]["scan"]["Method"] == "DeLong"
     assert set(COMPARISON_COLUMNS) <= set(sidecar)
-    boot = json.loads((tmp_path / "desc-bootstrap_ci.json").read_text())
+    boot = json.loads(sidecar_path(GroupFiles(tmp_path).bootstrap_ci).read_text())
     assert boot["NumberOfReplicates"] == 200 and boot["RandomSeed"] == 4
     replicates = pd.read_csv(expected["replicates"], sep="\t")
     assert len(replicates) == 200 * 3 * 2

@@ -11,13 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_qnet.derivatives import (
-    BIDSIGNORE,
+from bids_qnet.errors import EXIT_SUCCESS
+from bids_qnet.outputs.derivatives import (
     README_TEXT,
     dataset_description,
     is_complete,
+    source_datasets,
 )
-from bids_qnet.errors import EXIT_SUCCESS
+from bids_qnet.outputs.names import BIDSIGNORE
 
 from .robustness import SPACE, kill_job, stale_temporaries, start, tiny_bids, tiny_profile
 
@@ -66,9 +67,9 @@ def test_every_job_succeeds(jobs):
 
 def test_one_valid_copy_of_each_shared_root_file(jobs):
     out = jobs["out"]
-    source = [{"URL": jobs["bids"].resolve().as_uri()}]
+    sources, links = source_datasets({"raw": jobs["bids"]}, out)
     assert json.loads((out / "dataset_description.json").read_text()) == json.loads(
-        json.dumps(dataset_description(source))
+        json.dumps(dataset_description(sources, links))
     )
     assert (out / ".bidsignore").read_text() == "\n".join(BIDSIGNORE) + "\n"
     assert (out / "README.md").read_text() == README_TEXT

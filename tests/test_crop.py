@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from bids_qnet.crop import (
+from bids_qnet.errors import InputDataError, UsageError
+from bids_qnet.preprocess.crop import (
     ORIENTATION,
     Box,
     intensity_window,
@@ -13,7 +14,6 @@ from bids_qnet.crop import (
     slice_stack,
     stretch,
 )
-from bids_qnet.errors import InputDataError, UsageError
 
 
 def test_box_properties_and_round_trip():

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from bids_qnet.errors import InputDataError
-from bids_qnet.metrics import auc_mann_whitney
 from bids_qnet.stats.clustered import obuchowski_ci, obuchowski_covariance, obuchowski_test
 from bids_qnet.stats.delong import delong_ci, delong_covariance, delong_test
+from bids_qnet.stats.metrics import auc_mann_whitney
 from bids_qnet.stats.significance import holm, stars
 
 DATA = Path(__file__).parent / "data" / "aSAH.csv"

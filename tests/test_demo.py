@@ -192,6 +192,31 @@ def test_truth_pose_locates_the_pallidum(demo, truth):
                 assert abs(np.median(patch) - expected) < 0.03
 
 
+def test_template_points_shown_follow_the_truth(demo, truth):
+    """Each scan voxel's template point, by the public helper, shows the phantom's labels."""
+    from bids_qnet.demo.acquisition import template_points_shown
+    from bids_qnet.demo.phantom import SEGMENTS, build_phantom
+
+    phantom = build_phantom(2.0)
+    to_voxel = np.linalg.inv(phantom.affine)
+    pallidum = np.isin(phantom.seg, [SEGMENTS.index(f"{s}_Pallidum") for s in ("Left", "Right")])
+    for record in truth["participants"]:
+        image = _image(demo.bids_dir, record["participant_id"], "Chimap")
+        data = np.asarray(image.dataobj)
+        index = np.argwhere(data != 0)[::7]
+        scanner = index @ image.affine[:3, :3].T + image.affine[:3, 3]
+        shown = template_points_shown(record["scans"][0], scanner, truth["warp_box_mm"])
+        ijk = np.rint(shown @ to_voxel[:3, :3].T + to_voxel[:3, 3]).astype(int)
+        ijk = np.clip(ijk, 0, np.array(phantom.seg.shape) - 1)
+        in_pallidum = pallidum[tuple(ijk.T)]
+        values = data[tuple(index.T)]
+        assert in_pallidum.sum() > 50
+        assert values[in_pallidum].mean() > 0.09  # iron-rich
+        assert (
+            abs(np.median(values[phantom.seg[tuple(ijk.T)] == SEGMENTS.index("WM")]) + 0.03) < 0.02
+        )
+
+
 def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
     again = make_demo_dataset(tmp_path / "again", n_participants=2, seed=0, resolution=2.0)
     pd.testing.assert_frame_equal(again.participants, demo.participants.iloc[:2])

@@ -7,18 +7,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_qnet.derivatives import (
-    atomic_path,
-    build_path,
-    copy_file,
+from bids_qnet import __version__
+from bids_qnet.errors import WriteError
+from bids_qnet.outputs.atomic import atomic_path, copy_file
+from bids_qnet.outputs.derivatives import (
+    container_info,
     init_derivatives,
     is_complete,
     raw_source,
     sidecar_path,
+    source_datasets,
+    source_uri,
     write_sidecar,
 )
-from bids_qnet.errors import WriteError
-from bids_qnet.integrity import check_nifti_whole
+from bids_qnet.outputs.integrity import check_nifti_whole
+from bids_qnet.outputs.names import build_path
 
 
 def test_build_path_orders_entities():
@@ -110,3 +113,60 @@ def test_truncated_nifti_is_caught(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(WriteError, match="written incompletely"):
         check_nifti_whole(path)
+
+
+def test_source_uri_names_the_dataset_that_holds_the_file(tmp_path):
+    raw, qsmxt = tmp_path / "bids", tmp_path / "derivatives" / "qsmxt"
+    datasets = {"raw": raw, "qsmxt": qsmxt}
+    assert source_uri(raw / "sub-01/anat/a.nii.gz", datasets) == "bids:raw:sub-01/anat/a.nii.gz"
+    assert source_uri(qsmxt / "sub-01/anat/c.nii.gz", datasets) == "bids:qsmxt:sub-01/anat/c.nii.gz"
+    assert source_uri(tmp_path / "x.nii.gz", datasets).startswith("file://")
+
+
+def test_source_datasets_by_doi_or_relative_link_never_a_machine_path(tmp_path):
+    raw, out = tmp_path / "bids", tmp_path / "bids" / ".." / "derivatives" / "qnet"
+    raw.mkdir()
+    (raw / "dataset_description.json").write_text(
+        json.dumps({"Name": "Iron study", "DatasetDOI": "10.18112/openneuro.ds000001.v1.0.0"})
+    )
+    other = tmp_path / "qsmxt"
+    other.mkdir()
+    sources, links = source_datasets({"raw": raw, "qsmxt": other}, out)
+    assert sources[0] == {
+        "URL": "bids:raw:",
+        "DOI": "doi:10.18112/openneuro.ds000001.v1.0.0",
+        "Name": "Iron study",
+    }
+    assert links == {"raw": "doi:10.18112/openneuro.ds000001.v1.0.0", "qsmxt": "../../qsmxt"}
+    assert sources[1] == {"URL": "bids:qsmxt:"}
+    assert str(tmp_path) not in json.dumps([sources, links])
+
+
+@pytest.mark.parametrize(
+    ("files", "environ", "expected"),
+    [
+        ({}, {}, None),
+        ({".dockerenv": ""}, {}, {"Type": "docker"}),
+        (
+            {".dockerenv": "", "version": "x"},
+            {},
+            {"Type": "docker", "Tag": f"bidsqnet/bids_qnet:{__version__}"},
+        ),
+        (
+            {},
+            {"APPTAINER_CONTAINER": "/images/bids_qnet-0.3.sif"},
+            {"Type": "apptainer", "Tag": "bids_qnet-0.3.sif"},
+        ),
+        ({}, {"SINGULARITY_CONTAINER": "/i/q.sif"}, {"Type": "singularity", "Tag": "q.sif"}),
+        (
+            {"run/.containerenv": 'engine="podman-4.3.1"\nimage="localhost/qnet:1"\n'},
+            {},
+            {"Type": "podman", "Tag": "localhost/qnet:1"},
+        ),
+    ],
+)
+def test_container_is_detected_not_assumed(tmp_path, files, environ, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert container_info(tmp_path, environ) == expected

@@ -14,13 +14,14 @@ import pytest
 from bids_qnet import __version__
 from bids_qnet.cli.parser import build_parser
 from bids_qnet.demo import make_demo_dataset
-from bids_qnet.derivatives import is_complete
+from bids_qnet.outputs.derivatives import is_complete
 
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTOR = ROOT / "descriptor.json"
 BIN = Path(sys.executable).parent
-#: Parser actions that print and exit; they have no place in an invocation.
-NOT_INPUTS = {"help", "version", "bids_exec_spec"}
+#: Parser actions that print and exit, and the parser-only spelling of output_dir (the
+#: descriptor's command line uses it, no input sets it).
+NOT_INPUTS = {"help", "version", "bids_exec_spec", "output_dir_option"}
 
 
 @pytest.fixture(scope="module")
@@ -212,11 +213,16 @@ def _simulate(invocation: dict, tmp: Path) -> argparse.Namespace:
     words = shlex.split(run)
     assert words[0] == "bids_qnet"
     args = build_parser().parse_args(words[1:])  # exits 64 on anything the CLI refuses
-    assert shlex.split(mkdir) == ["mkdir", "-p", str(args.output_dir)]
+    if "output_dir_name" in invocation:
+        assert shlex.split(mkdir) == ["mkdir", "-p", str(args.output_dir)]
+    else:  # bosh leaves "mkdir -p" bare; the group level's folder exists already
+        assert shlex.split(mkdir) == ["mkdir", "-p"]
     return args
 
 
 def _expected(value, action):
+    if isinstance(action, argparse._StoreFalseAction):
+        return not value
     if action is not None and action.nargs == 0:
         return 1 if isinstance(action, argparse._CountAction) else value
     if isinstance(value, list):
@@ -224,12 +230,16 @@ def _expected(value, action):
     return action.type(value) if callable(action.type) else value
 
 
+OUTPUT_KEYS = ("output_dir_name", "participant_level_analysis_dir")
+
+
 def _check(args: argparse.Namespace, invocation: dict, options: dict) -> None:
     assert str(args.bids_dir) == invocation["bids_dir"]
-    assert str(args.output_dir) == invocation["output_dir_name"]
+    output = next(invocation[k] for k in OUTPUT_KEYS if k in invocation)
+    assert str(args.output_dir) == output
     assert args.analysis_level == invocation["analysis_level"]
     for key, value in invocation.items():
-        if key in ("bids_dir", "output_dir_name", "analysis_level"):
+        if key in ("bids_dir", "analysis_level", *OUTPUT_KEYS):
             continue
         assert getattr(args, key) == _expected(value, options[key]), key
 
@@ -245,6 +255,89 @@ def test_descriptor_tests_simulate_to_valid_command_lines(descriptor, tmp_path, 
         _check(_simulate(case["invocation"], tmp_path), case["invocation"], options)
 
 
+#: Every shape of invocation the descriptor allows, as docs/containers.md documents them.
+SHAPES = {
+    "participant, output_dir_name (CBRAIN)": {
+        "bids_dir": "MyStudy",
+        "output_dir_name": "outdir-17-1",
+        "analysis_level": "participant",
+        "participant_label": ["001"],
+    },
+    "participant, every participant, a session": {
+        "bids_dir": "/data/bids",
+        "output_dir_name": "/data/derivatives/bids_qnet",
+        "analysis_level": "participant",
+        "session_label": ["1"],
+        "no_inverse_transforms": True,
+    },
+    "group, output_dir_name (CBRAIN)": {
+        "bids_dir": "MyStudy",
+        "output_dir_name": "outdir-17-1",
+        "analysis_level": "group",
+        "folds": 4,
+    },
+    "group, participant_level_analysis_dir (BIDS App convention)": {
+        "bids_dir": "/data/bids",
+        "participant_level_analysis_dir": "/data/derivatives/bids qnet",
+        "analysis_level": "group",
+        "folds": 4,
+    },
+    "group, participant_level_analysis_dir, reports only": {
+        "bids_dir": "/data/bids",
+        "participant_level_analysis_dir": "/data/out",
+        "analysis_level": "group",
+        "reports_only": True,
+    },
+    "participant, config file and a cluster plugin": {
+        "bids_dir": "/data/bids",
+        "output_dir_name": "/data/out",
+        "analysis_level": "participant",
+        "config": "{tmp}/qnet.toml",
+        "plugin": "SLURM",
+        "stop_on_first_crash": True,
+    },
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_invocation_shape_simulates_to_a_valid_command(shape, tmp_path, options):
+    invocation = {
+        k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in SHAPES[shape].items()
+    }
+    (tmp_path / "qnet.toml").write_text("folds = 4\n")
+    _check(_simulate(invocation, tmp_path), invocation, options)
+
+
+@pytest.mark.parametrize("output_key", OUTPUT_KEYS)
+@pytest.mark.parametrize("make", [_participant_invocation, _group_invocation])
+def test_either_output_input_at_either_level(make, output_key, tmp_path, options):
+    # The descriptor lets any level take its output folder from either input.
+    invocation = make(tmp_path)
+    invocation[output_key] = invocation.pop("output_dir_name")
+    config = tmp_path / "qnet.toml"
+    config.write_text('registration-profile = "fast"\n')
+    invocation.update(config=str(config), stop_on_first_crash=True, no_inverse_transforms=True)
+    _check(_simulate(invocation, tmp_path), invocation, options)
+
+
+def test_both_output_inputs_are_refused_by_bosh(tmp_path):
+    invocation = {
+        **SHAPES["group, output_dir_name (CBRAIN)"],
+        "participant_level_analysis_dir": "x",
+    }
+    path = tmp_path / "invocation.json"
+    path.write_text(json.dumps(invocation))
+    assert _bosh("exec", "simulate", "-i", str(path), str(DESCRIPTOR)).returncode != 0
+
+
+def test_each_level_has_its_suggested_resources(descriptor):
+    by_level = descriptor["custom"]["bids_qnet:suggested-resources-by-level"]
+    assert set(by_level) == {"participant", "group"}
+    assert by_level["participant"]["gpu-cores"] == 0 and by_level["group"]["gpu-cores"] == 1
+    top = descriptor["suggested-resources"]
+    assert all(top[k] >= by_level[level][k] for level in by_level for k in top)
+
+
 def test_cbrain_style_invocation_without_optional_inputs(tmp_path):
     invocation = {
         "bids_dir": "MyStudy",
@@ -253,7 +346,8 @@ def test_cbrain_style_invocation_without_optional_inputs(tmp_path):
         "participant_label": ["001"],
     }
     args = _simulate(invocation, tmp_path)
-    assert (args.embedding_weights, args.folds, args.epochs) == ("imagenet", 10, 100)
+    # --epochs is left to the preset (None on the command line)
+    assert (args.embedding_weights, args.folds, args.epochs) == ("imagenet", 10, None)
 
 
 # --------------------------------------------------------------------------- bosh exec launch

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from bids_qnet import embed
-from bids_qnet.embed import (
+from bids_qnet.errors import InputDataError, MissingInputError, UsageError
+from bids_qnet.models import embedding as embed
+from bids_qnet.models.device import resolve_device
+from bids_qnet.models.embedding import (
     IMAGENET_FILENAME,
     WeightsInfo,
     embed_slices,
     load_backbone,
-    resolve_device,
 )
-from bids_qnet.errors import InputDataError, MissingInputError, UsageError
 
 SIZE = 64  # small images keep the CPU tests fast
 
@@ -201,10 +201,23 @@ def test_padding_keeps_aspect_ratio():
     # a wide slice is padded top and bottom; its content is not stretched vertically
     wide = torch.zeros(1, 1, 10, 20)
     wide[..., 4:6, :] = 1.0
-    out = embed._square_resize(wide, 20)
+    out = embed.square_resize(wide, 20)
     assert out.shape == (1, 1, 20, 20)
     rows = out[0, 0].sum(dim=1)
     assert torch.all(rows[:9] == 0) and torch.all(rows[11:] == 0) and rows[9:11].min() > 19
+
+
+def test_enlarging_antialiased_is_plain_bilinear():
+    # what lets square_resize skip the antialiased kernel when it enlarges on CUDA
+    batch = torch.from_numpy(np.random.default_rng(5).random((2, 3, 58, 78), dtype=np.float32))
+    square = torch.nn.functional.pad(batch, (0, 0, 10, 10))
+    options = {"size": (224, 224), "mode": "bilinear", "align_corners": False}
+    smooth = torch.nn.functional.interpolate(square, antialias=True, **options)
+    plain = torch.nn.functional.interpolate(square, antialias=False, **options)
+    torch.testing.assert_close(smooth, plain, atol=1e-6, rtol=0)
+    torch.testing.assert_close(embed.square_resize(batch, 224), smooth, atol=0, rtol=0)
+    shrunk = torch.nn.functional.interpolate(square, size=(32, 32), mode="bilinear")
+    assert not torch.allclose(embed.square_resize(batch, 32), shrunk, atol=1e-3)
 
 
 @pytest.mark.gpu

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from bids_qnet.errors import InputDataError, MissingInputError, UsageError
-from bids_qnet.labels import LabelSpec, load_labels
+from bids_qnet.inputs.labels import LabelSpec, load_labels
 
 
 def write_tsv(tmp_path: Path, text: str) -> Path:

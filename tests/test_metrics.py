@@ -1,19 +1,19 @@
-import struct
-
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from bids_qnet.errors import InputDataError, UsageError
-from bids_qnet.metrics import (
+from bids_qnet.reports.roc import roc_figure, roc_points
+from bids_qnet.stats.metrics import (
     auc_mann_whitney,
     binary_metrics,
     multiclass_metrics,
-    scan_scores_from_slices,
     summarise,
 )
-from bids_qnet.reports.roc import roc_figure, roc_points
+from bids_qnet.training.estimators import scan_scores_from_slices
+
+from .images import assert_drawn, has_hue
 
 
 def test_auc_matches_sklearn_with_ties():
@@ -171,12 +171,6 @@ def test_summarise_multiclass_and_two_logits():
         summarise(table.drop(columns=[f"logit_{k}" for k in range(3)]), "image")
 
 
-def png_size(path):
-    data = path.read_bytes()[:24]
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", data[16:24])
-
-
 def test_roc_figure(tmp_path):
     rng = np.random.default_rng(4)
     y = np.r_[np.ones(50), np.zeros(50)].astype(int)
@@ -185,7 +179,9 @@ def test_roc_figure(tmp_path):
         "ResNet": (y, 0.5 * y + rng.normal(size=100)),
     }
     out = roc_figure(curves, tmp_path / "figs" / "roc.png", title="Scan level")
-    assert out.is_file() and png_size(out) == (750, 750)
+    pixels = assert_drawn(out, min_colours=8)
+    assert pixels.shape[:2] == (750, 750)
+    assert has_hue(pixels, 0) and has_hue(pixels, 2)  # two curves in two colours
     assert [p.name for p in out.parent.iterdir()] == ["roc.png"]
     with pytest.raises(UsageError):
         roc_figure({}, tmp_path / "x.png")

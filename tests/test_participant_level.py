@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from bids_qnet.cli.run import main
-from bids_qnet.reference import atlas_on_grid, load_reference, template_on_grid
-from bids_qnet.validation import run_validator
+from bids_qnet.inputs.reference import atlas_on_grid, load_reference, template_on_grid
+from bids_qnet.inputs.validation import run_validator
 
-from .conftest import OPTIONS, SPACE, STEM, snapshot
+from .conftest import OPTIONS, SPACE, STEM, snapshot, writable_copy
+from .images import assert_drawn
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.slow
 def test_failures_reported_and_others_processed(run, capsys):
     assert run["code"] == 66  # the first failure: sub-05 lacks its R2starmap
     for sub in ("01", "02", "03", "04"):
-        assert (run["out"] / f"sub-{sub}.html").is_file()
+        report = (run["out"] / f"sub-{sub}.html").read_text()
+        assert f"sub-{sub}" in report and report.count("<img") == 2
     assert not (run["out"] / "sub-05" / "anat").exists()
     assert not (run["out"] / "sub-06" / "anat").exists()
 
@@ -28,10 +30,10 @@ def test_error_lines_name_participant_and_fix(tmp_path, run, capsys):
     code = main(
         [
             str(run["bids"]),
-            str(run["out"]),
+            str(writable_copy(run["out"], tmp_path / "out")),
             "participant",
             "-w",
-            str(run["work"]),
+            str(tmp_path / "work"),
             "--participant-label",
             "05",
             "06",
@@ -68,11 +70,17 @@ def test_expected_files(run):
     for name in sidecars:
         meta = json.loads((anat / name).read_text())
         assert meta["Complete"] is True and meta["Sources"]
-    figures = sorted(p.name for p in (run["out"] / "sub-01" / "figures").iterdir())
+    folder = run["out"] / "sub-01" / "figures"
+    figures = sorted(p.name for p in folder.iterdir() if p.suffix == ".png")
     assert figures == [
         "sub-01_desc-bgcrop_slices.png",
         f"sub-01_space-{SPACE}_desc-registration_qc.png",
     ]
+    assert (folder / "sub-01_report.json").is_file()  # the report's data (--reports-only)
+    for name in figures:
+        assert_drawn(folder / name, min_colours=16)
+    qc = assert_drawn(folder / figures[1])
+    assert qc.shape[1] > qc.shape[0]  # five views side by side, one row per channel
     assert not [p for p in run["out"].rglob(".tmp-*")]
 
 
@@ -141,13 +149,14 @@ def test_output_passes_the_bids_validator(run):
     assert errors == []
 
 
-def test_rerun_skips_complete_participants(run, caplog):
-    anat = run["out"] / "sub-01" / "anat"
+def test_rerun_skips_complete_participants(run, caplog, tmp_path):
+    out = writable_copy(run["out"], tmp_path / "out")
+    anat = out / "sub-01" / "anat"
     stamp = {p.name: p.stat().st_mtime_ns for p in anat.iterdir()}
     code = main(
         [
             str(run["bids"]),
-            str(run["out"]),
+            str(out),
             "participant",
             "-w",
             str(run["work"]),
@@ -169,8 +178,9 @@ def test_settings_saved_with_outputs(run):
     assert os.path.isabs(settings["bids_dir"])
 
 
-def test_overwrite_reuses_the_work_cache_and_is_deterministic(run):
-    anat = run["out"] / "sub-01" / "anat"
+def test_overwrite_reuses_the_work_cache_and_is_deterministic(run, tmp_path):
+    out = writable_copy(run["out"], tmp_path / "out")
+    anat = out / "sub-01" / "anat"
     stack = anat / f"sub-01_{STEM}_desc-bgcrop_slices.npy"
     vectors = anat / f"sub-01_{STEM}_desc-bgcrop_embeddings.npy"
     before = stack.read_bytes(), vectors.read_bytes()
@@ -178,7 +188,7 @@ def test_overwrite_reuses_the_work_cache_and_is_deterministic(run):
     code = main(
         [
             str(run["bids"]),
-            str(run["out"]),
+            str(out),
             "participant",
             "-w",
             str(run["work"]),

@@ -9,6 +9,8 @@ import pytest
 
 from bids_qnet.cli.run import main
 from bids_qnet.demo import make_demo_dataset
+from bids_qnet.outputs.derivatives import is_complete
+from bids_qnet.outputs.names import ParticipantFiles
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +70,13 @@ def qsm_only(tmp_path_factory):
 
 def test_qsm_only_from_derivatives_runs(qsm_only):
     assert qsm_only["code"] == 0
+    files = ParticipantFiles(qsm_only["out"], "01", None, SPACE, 2.0, "full")
+    for path in (files.registered("Chimap"), files.cropped("Chimap"), files.slices):
+        assert is_complete(path), path
+    assert is_complete(files.embeddings)
+    assert not files.registered("T1w").exists()  # the one channel asked for, nothing else
+    report = files.report.read_text()
+    assert "Chimap" in report and report.count("<img") == 2
 
 
 def test_single_channel_whole_brain_stack(qsm_only):
@@ -86,4 +95,4 @@ def test_nan_voxels_counted_in_sidecar(qsm_only):
     sidecar = qsm_only["out"] / "sub-01" / "anat" / f"sub-01_space-{SPACE}_res-2_Chimap.json"
     meta = json.loads(sidecar.read_text())
     assert meta["NonFiniteVoxelsSetToZero"] == 25
-    assert meta["Sources"][0].startswith("file://") and "qsmxt" in meta["Sources"][0]
+    assert meta["Sources"][0].startswith("bids:qsmxt:")  # a BIDS URI of the -d dataset

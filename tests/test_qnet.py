@@ -164,8 +164,13 @@ def test_prediction_rejects_mismatches():
     state = train_stage2(embeddings, labels, 2, config).state
     with pytest.raises(UsageError):
         predict_stage2(state, embeddings, 3, config)
-    with pytest.raises(UsageError):
-        predict_stage2(state, embeddings, 2, _quick(hidden=16))
+    # the hidden size comes from the state, not the config: a saved model predicts alike
+    same = predict_stage2(state, embeddings, 2, _quick(hidden=16))
+    for (image, scan), (image2, scan2) in zip(
+        same, predict_stage2(state, embeddings, 2, config), strict=True
+    ):
+        np.testing.assert_allclose(scan, scan2)
+        np.testing.assert_allclose(image, image2)
     with pytest.raises(InputDataError):
         predict_stage2(state, [e[:, :100] for e in embeddings], 2, config)
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from bids_qnet.errors import InputDataError, MissingInputError
-from bids_qnet.reference import (
+from bids_qnet.inputs.reference import (
     atlas_on_grid,
     load_reference,
     region_indices,
@@ -62,3 +62,27 @@ def test_missing_user_files(tmp_path):
         load_reference(template=tmp_path / "nope.nii.gz")
     with pytest.raises(MissingInputError, match="--atlas"):
         load_reference(atlas=tmp_path / "nope.nii.gz")
+
+
+def test_atlas_sidecars_say_which_space_the_labels_come_from(tmp_path):
+    import dataclasses
+    import json
+
+    from bids_qnet.workflows.reference import write_atlas
+
+    builtin = load_reference()
+    atlas = tmp_path / "atlas.nii.gz"
+    atlas.write_bytes(b"labels")
+    write_atlas(tmp_path / "out", builtin, 2.0, atlas)
+    sidecar = (
+        tmp_path / "out" / ("space-MNI152NLin2009cAsym_atlas-Neuromorphometrics_res-2_dseg.json")
+    )
+    meta = json.loads(sidecar.read_text())
+    assert (
+        "SPM12's MNI space" in meta["SpaceNote"] and "without a registration" in meta["SpaceNote"]
+    )
+    assert meta["Resolution"].startswith("2 mm isotropic")
+    mine = dataclasses.replace(builtin, atlas_source="user-supplied atlas /data/mine.nii.gz")
+    write_atlas(tmp_path / "user", mine, 2.0, atlas)
+    user = json.loads((tmp_path / "user" / sidecar.name).read_text())
+    assert "SpaceNote" not in user

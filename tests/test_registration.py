@@ -11,12 +11,12 @@ import ants.config
 import numpy as np
 import pytest
 
-from bids_qnet import registration as reg
-from bids_qnet import registration_quality as rq
-from bids_qnet.ants_calls import registration_kwargs
 from bids_qnet.data import registration_profile
 from bids_qnet.errors import InputDataError, RegistrationError, UsageError
-from bids_qnet.reference import atlas_on_grid, brain_mask, load_reference, template_on_grid
+from bids_qnet.inputs.reference import atlas_on_grid, brain_mask, load_reference, template_on_grid
+from bids_qnet.preprocess import quality as rq
+from bids_qnet.preprocess import registration as reg
+from bids_qnet.preprocess.ants_calls import registration_kwargs
 
 BASAL_GANGLIA = [
     f"{side}_{region}"
@@ -236,9 +236,9 @@ def test_registration_seed_repeats_single_threaded(tmp_path):
     script = textwrap.dedent(
         f"""
         import ants, numpy as np
-        from bids_qnet import registration as reg
+        from bids_qnet.preprocess import registration as reg
         from bids_qnet.data import registration_profile
-        from bids_qnet.reference import load_reference, template_on_grid
+        from bids_qnet.inputs.reference import load_reference, template_on_grid
         fixed = template_on_grid(load_reference(), 4.0)
         tx = ants.create_ants_transform(transform_type="Euler3DTransform")
         tx.set_parameters(np.array([0.05, 0.0, -0.04, 5.0, -3.0, 2.0]))
@@ -264,21 +264,22 @@ def test_registration_seed_repeats_single_threaded(tmp_path):
 
 
 def test_normalise_outputs(normalised, fast):
-    assert normalised["type_of_transform"] == "SyN"
-    assert normalised["stages"] == ["Affine", "SyNOnly"]
-    assert normalised["forward"] == [normalised["composite"]]
-    assert normalised["inverse"] == [normalised["inverse_composite"]]
-    for key in ("composite", "inverse_composite", "affine"):
-        assert Path(normalised[key]).is_file()
-    assert normalised["composite"].endswith("sub-01_from-T1w_to-MNI_Composite.h5")
-    folder = Path(normalised["composite"]).parent
+    transforms = normalised.transforms
+    assert transforms.type_of_transform == "SyN"
+    assert transforms.stages == ("Affine", "SyNOnly")
+    assert transforms.forward == [transforms.composite]
+    assert transforms.inverse == [transforms.inverse_composite]
+    for path in (transforms.composite, transforms.inverse_composite, transforms.affine):
+        assert Path(path).is_file()
+    assert transforms.composite.endswith("sub-01_from-T1w_to-MNI_Composite.h5")
+    folder = Path(transforms.composite).parent
     assert not [p for p in folder.iterdir() if p.name.startswith(".ants-")]
 
 
 def test_normalise_returns_the_reference_warped_once(normalised, subject, template, mask):
     """antsRegistration's own warped output is the reference channel through the composite."""
-    warped = normalised["warped_image"]
-    again = reg.to_template(subject["image"], template, normalised["forward"])
+    warped = normalised.warped
+    again = reg.to_template(subject["image"], template, normalised.transforms.forward)
     assert reg.same_grid(warped, template) and warped.pixeltype == again.pixeltype
     inside = mask.numpy() > 0
     difference = np.abs(warped.numpy() - again.numpy())[inside]
@@ -296,14 +297,15 @@ def test_prefix_may_be_a_new_folder(template, fast, tmp_path):
 
 
 def test_normalise_maps_basal_ganglia(normalised, subject, template, atlas, mask, fast, reference):
-    registered = reg.to_template(subject["image"], template, normalised["forward"])
+    registered = reg.to_template(subject["image"], template, normalised.transforms.forward)
     assert reg.same_grid(registered, template)
     metrics = rq.quality(registered, template, mask)
     assert metrics["brain_correlation"] > 0.8
     assert metrics["mask_overlap"] > 0.8 and metrics["coverage"] > 0.99
     rq.check_quality(metrics, fast["quality"], "sub-01 T1w")  # passes
     # subject-space truth labels brought to the template overlap the atlas
-    back = reg.to_template(subject["labels"], template, normalised["forward"], "genericLabel")
+    forward, inverse = normalised.transforms.forward, normalised.transforms.inverse
+    back = reg.to_template(subject["labels"], template, forward, "genericLabel")
     atlas_data, back_data = atlas.numpy(), back.numpy()
     dice = {
         n: _dice(back_data == reference.labels[n], atlas_data == reference.labels[n])
@@ -312,7 +314,7 @@ def test_normalise_maps_basal_ganglia(normalised, subject, template, atlas, mask
     assert min(dice.values()) > 0.7, dice
     assert dice["Left_Putamen"] > 0.8 and dice["Right_Putamen"] > 0.8, dice
     # and the inverse takes the atlas into subject space
-    into_subject = reg.to_template(atlas, subject["labels"], normalised["inverse"], "genericLabel")
+    into_subject = reg.to_template(atlas, subject["labels"], inverse, "genericLabel")
     truth = subject["labels"].numpy()
     for name in ("Left_Putamen", "Right_Putamen"):
         index = reference.labels[name]
@@ -331,7 +333,7 @@ def test_coregistered_channel_reaches_template_in_one_resampling(
     labels = ants.apply_transforms(grid, atlas, chain, interpolator="genericLabel")
     prefix = str(tmp_path / "sub-01_from-Chimap_to-T1w_")
     coreg = reg.coregister(subject["image"], channel, fast["coregistration"], prefix, seed=3)
-    transforms = normalised["forward"] + coreg
+    transforms = normalised.transforms.forward + coreg
     back = reg.to_template(labels, template, transforms, "genericLabel").numpy()
     for name in ("Left_Putamen", "Right_Putamen", "Left_Caudate", "Right_Caudate"):
         index = reference.labels[name]
@@ -349,7 +351,7 @@ def test_normalise_checks_mask(subject, template, fast, tmp_path):
 
 def test_to_template_series_equals_one_by_one(subject, template, normalised, tmp_path):
     _rigid(subject["image"], (0.02, 0.0, -0.03), (1.0, 2.0, 0.0), tmp_path / "coreg.mat")
-    transforms = [*normalised["forward"], str(tmp_path / "coreg.mat")]  # as for a GRE channel
+    transforms = [*normalised.transforms.forward, str(tmp_path / "coreg.mat")]  # a GRE channel
     data = subject["image"].numpy()
     data[10, 12, 8] = np.nan
     images = [subject["image"].new_image_like(data), subject["image"].new_image_like(data**2)]

@@ -4,10 +4,10 @@ import ants
 import numpy as np
 import pytest
 
-from bids_qnet import registration_quality as rq
 from bids_qnet.data import registration_profile
 from bids_qnet.errors import InputDataError, RegistrationError, UsageError
-from bids_qnet.reference import brain_mask, load_reference, template_on_grid
+from bids_qnet.inputs.reference import brain_mask, load_reference, template_on_grid
+from bids_qnet.preprocess import quality as rq
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
+import base64
 import os
-import struct
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +11,15 @@ from bids_qnet.reports import participant as participant_module
 from bids_qnet.reports.figures import registration_qc, robust_window, slice_montage
 from bids_qnet.reports.participant import write_participant_report
 
+from .images import assert_drawn, has_hue, png_pixels
+
 SHAPE = (40, 48, 40)
 BOX = ((12, 18, 14), (28, 32, 26))
 
 
 def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()[:24]
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", data[16:24])
+    height, width = png_pixels(path).shape[:2]
+    return width, height
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,8 @@ def test_registration_qc_writes_png(volumes, tmp_path):
     width, height = png_size(out)
     assert 1000 < width < 2500 and 500 < height < 1500  # 5 columns, 2 rows at 150 dpi
     assert width > height
+    pixels = assert_drawn(out, min_colours=64)  # grey images under coloured outlines
+    assert has_hue(pixels, 0) and has_hue(pixels, 1)  # red brain edge, yellow box
     assert [p.name for p in out.parent.iterdir()] == ["qc.png"]  # no temporary file left
 
 
@@ -77,6 +81,8 @@ def test_slice_montage(tmp_path):
     out = slice_montage(stack, ["Chimap", "R2starmap", "T1w"], tmp_path / "m.png", title="x")
     width, height = png_size(out)
     assert 1500 < width < 2500 and 400 < height < 1200
+    pixels = assert_drawn(out, min_colours=256)  # random slices, grey and the RGB row
+    assert has_hue(pixels, 0) and has_hue(pixels, 1) and has_hue(pixels, 2)
     few = slice_montage(stack[:4, :2], ["Chimap", "T1w"], tmp_path / "few.png", max_slices=12)
     assert png_size(few)[0] < width / 2  # only 4 columns
     assert png_size(few)[1] < height  # 2 rows, no RGB row
@@ -122,31 +128,57 @@ def test_participant_report_content(report_inputs):
     out = write_participant_report(out_dir, "sub-01", "ses-1", summary, figures, out_dir / "r.html")
     text = out.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
-    assert "sub-01, ses-1" in text and f"version {__version__}" in text
+    assert "<h1>sub-01, ses-1</h1>" in text and f"bids_qnet {__version__}" in text
+    # Every value is escaped: the page runs no script and shows the text as written.
     assert "<script>" not in text
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
+    assert "&lt;script&gt;alert(" in text
     assert "mask overlap 0.71 &lt; 0.8 &amp; low" in text and 'id="warnings"' in text
     assert "&lt;b&gt;" in text and "20240101-run1" in text
-    for snippet in ("0.9123", "12.35", "-0.15, 0.35", "Left_Caudate, Right_Caudate", "ab" * 32):
+    for snippet in ("0.912", "12.3", "-0.15, 0.35", "Left Caudate, Right Caudate", "ab" * 32):
         assert snippet in text
-    assert "<th>VoxelSize</th>" in text  # dict of records -> one table
+    # Words instead of sidecar keys; records become one table.
+    assert "<th>Voxel size (mm)</th>" in text and "<th>Matrix (voxels)</th>" in text
+    assert "Weights checksum (SHA-256)" in text and "WeightsSHA256" not in text
+    # Figures are embedded: the page stands alone.
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(images) == 2 and base64.b64decode(images[0])[:4] == b"\x89PNG"
     for name in ("registration_qc", "bgcrop_slices"):
-        relative = f"sub-01/figures/sub-01_ses-1_desc-{name}.png"
-        assert f'src="{relative}"' in text
-        assert (out.parent / relative).is_file()
+        assert f"sub-01/figures/sub-01_ses-1_desc-{name}.png" in text  # named in the caption
     assert "Registration to the template" in text and "Slice stack" in text
     assert "http" not in text.replace("http-equiv", "")  # self-contained: nothing fetched
+    assert 'href="group.html"' in text  # the group report, beside the page
+    for section in ("summary", "figures", "inputs", "processing", "errors", "about"):
+        assert f'id="{section}"' in text
 
 
-def test_participant_report_relative_figures_and_missing(report_inputs):
+def test_participant_report_quality_checks_and_no_contradiction(report_inputs):
     out_dir, _, figures = report_inputs
-    relative = [f.relative_to(out_dir) for f in figures] + [Path("sub-01/figures/gone.png")]
-    out = write_participant_report(out_dir, "01", None, {}, relative, out_dir / "sub-01.html")
-    text = out.read_text()
-    assert "sub-01</h1>" in text and "ses-" not in text.split("<main>")[0]
-    assert 'src="sub-01/figures/sub-01_ses-1_desc-registration_qc.png"' in text
-    assert 'class="missing"' in text and "gone.png" in text
-    assert 'src="sub-01/figures/gone.png"' not in text
+    from bids_qnet.preprocess.quality import assess
+
+    metrics = {"abs_brain_correlation": 0.72, "coverage": 0.999, "mask_overlap": 0.81}
+    summary = {
+        "QualityChecks": assess(metrics, {"min_abs_brain_correlation": 0.4}, {"T1w": 0}),
+        "Co-registration": {
+            "Grids": [["Chimap", "R2starmap", "T1w"]],
+            "CoregisteredVia": {},
+            "CoregistrationTransform": "Rigid",
+        },
+        "Settings": {"reference_channel": "T1w"},
+        "Errors": ["sub-01: registration failed <here>"],
+    }
+    text = write_participant_report(
+        out_dir, "01", None, summary, figures, out_dir / "sub-01.html"
+    ).read_text()
+    quality = text.split('id="quality"')[1].split("</section>")[0]
+    assert "at least 0.4 required; at least 0.8 expected" in quality
+    assert '<span class="badge check">check</span>' in quality  # 0.72: borderline
+    assert '<span class="badge pass">pass</span>' in quality  # coverage 99.9 %
+    assert '<span class="badge info">info</span>' in quality  # overlap: no threshold
+    assert "99.9%" in quality
+    processing = text.split('id="processing"')[1].split("</section>")[0]
+    assert "Not needed" in processing and "Rigid" not in processing
+    errors = text.split('id="errors"')[1].split("</section>")[0]
+    assert "registration failed &lt;here&gt;" in errors and "did not complete" in text
 
 
 def test_participant_report_atomic(report_inputs, monkeypatch):
@@ -175,7 +207,7 @@ def _umask() -> int:
 
 def test_registration_qc_on_the_real_template(tmp_path):
     pytest.importorskip("ants")
-    from bids_qnet.reference import atlas_on_grid, load_reference, template_on_grid
+    from bids_qnet.inputs.reference import atlas_on_grid, load_reference, template_on_grid
 
     reference = load_reference()
     template_image = template_on_grid(reference, 2.0)
@@ -201,3 +233,24 @@ def test_registration_qc_on_the_real_template(tmp_path):
     )
     width, height = png_size(out)
     assert 1500 < width < 2200 and 700 < height < 1100
+
+
+def test_a_failed_participant_gets_a_report_naming_its_error(tmp_path):
+    from types import SimpleNamespace
+
+    from bids_qnet.config import Settings
+    from bids_qnet.errors import InputDataError
+    from bids_qnet.inputs.bids_dataset import Problem
+    from bids_qnet.workflows.run_participant import write_failure_report
+
+    settings = Settings.create(tmp_path / "bids", tmp_path / "out", "participant")
+    run = SimpleNamespace(grid=SimpleNamespace(space="MNI152NLin2009cAsym"), command_line="cmd")
+    error = InputDataError("Chimap is empty (crash file: crash-1.txt)")
+    info = {"sub-07": {"T1w": {"file": "sub-07_T1w.nii.gz", "shape": [4, 4, 4]}}}
+    write_failure_report(settings, run, Problem("07", None, error), info)
+    page = (tmp_path / "out" / "sub-07.html").read_text()
+    assert "This participant did not complete" in page
+    errors = page.split('id="errors"')[1]
+    assert "Chimap is empty (crash file: crash-1.txt)" in errors
+    assert "sub-07_T1w.nii.gz" in page  # the inputs it was given
+    assert 'href="#processing"' not in page and 'href="#inputs"' in page  # no empty sections

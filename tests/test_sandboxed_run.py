@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bids_qnet.derivatives import is_complete
 from bids_qnet.errors import EXIT_CANT_CREATE, EXIT_SUCCESS
-from bids_qnet.provenance import DISTRIBUTIONS
+from bids_qnet.outputs.derivatives import is_complete
+from bids_qnet.outputs.provenance import DISTRIBUTIONS
 
 from .robustness import (
     GROUP_QUICK,

@@ -9,18 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from bids_qnet.embed import IMAGENET_MEAN, IMAGENET_STD
 from bids_qnet.errors import InputDataError, MissingInputError, UsageError
-from bids_qnet.models.resnet import build_classifier, features
+from bids_qnet.models.embedding import IMAGENET_MEAN, IMAGENET_STD
+from bids_qnet.models.resnet import build_classifier, features, load_classifier
+from bids_qnet.outputs.atomic import write_checkpoint
 from bids_qnet.training import augment
+from bids_qnet.training.checkpoints import load_state
 from bids_qnet.training.stage1 import (
     Stage1Config,
     embed_slices_with,
-    load_classifier,
-    load_state,
     predict_and_embed,
     predict_slices,
-    save_state,
     slice_dataset,
     train_stage1,
 )
@@ -250,7 +249,7 @@ def test_one_pass_equals_two(trained):
 def test_save_load_round_trip(trained, tmp_path):
     _, _, result, _ = trained
     path = tmp_path / "sub" / "stage1_swa.pt"
-    save_state(result.swa_state, path)
+    write_checkpoint(path, result.swa_state)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
     raw = torch.load(path, weights_only=True)
     loaded = load_state(path)

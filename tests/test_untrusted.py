@@ -16,9 +16,11 @@ import torch
 
 from bids_qnet.cli.run import main
 from bids_qnet.errors import EXIT_DATA, EXIT_SUCCESS, InputDataError
-from bids_qnet.integrity import file_sha256
-from bids_qnet.provenance import software_versions
-from bids_qnet.training.stage1 import load_state, save_state
+from bids_qnet.outputs.atomic import write_checkpoint
+from bids_qnet.outputs.integrity import file_sha256
+from bids_qnet.outputs.names import GroupFiles
+from bids_qnet.outputs.provenance import software_versions
+from bids_qnet.training.checkpoints import load_state
 
 from .robustness import GROUP_QUICK, cli, group_cohort
 
@@ -44,7 +46,7 @@ def _errors(capsys) -> list[str]:
 
 def test_state_round_trip_and_checksum(tmp_path):
     path = tmp_path / "QNet.pt"
-    digest = save_state({"w": torch.arange(4.0)}, path)
+    digest = write_checkpoint(path, {"w": torch.arange(4.0)})
     assert digest == file_sha256(path)
     assert torch.equal(load_state(path, digest)["w"], torch.arange(4.0))
     data = path.read_bytes()
@@ -76,26 +78,28 @@ def trained(tmp_path_factory):
         path = bids / "sub-01" / "anat" / f"sub-01_{suffix}.nii.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         nib.save(image, path)
-    return {"bids": bids, "out": out, "final": out / "models" / "final"}
+    return {"bids": bids, "out": out, "final": GroupFiles(out).final.folder}
 
 
 def test_checksums_seed_and_versions_recorded(trained):
     card = json.loads((trained["final"] / "model_card.json").read_text())
-    assert card["Models"] == ["QNet"]
+    assert card["Models"] == ["ROI", "QNet"]
     for name in card["Models"]:
         assert card["SHA256"][f"{name}.pt"] == file_sha256(trained["final"] / f"{name}.pt")
     assert card["TrainingSettings"]["random_seed"] == 3
     assert card["Software"] == software_versions()
-    folds = sorted((trained["out"] / "models").glob("repeat-*_fold-*"))
-    assert len(folds) == 2
+    folds = [GroupFiles(trained["out"]).fold(0, k) for k in (0, 1)]
+    assert sorted(GroupFiles(trained["out"]).models.glob("repeat-*_fold-*")) == [
+        f.folder for f in folds
+    ]
     for fold in folds:
-        done = json.loads((fold / "done.json").read_text())
-        names = {"QNet.pt", "predictions.tsv"}
+        done = json.loads(fold.done.read_text())
+        names = {"ROI.pt", "QNet.pt", "predictions.tsv"}
         assert set(done["SHA256"]) == names
         for name in names:
-            assert done["SHA256"][name] == file_sha256(fold / name), (fold.name, name)
+            assert done["SHA256"][name] == file_sha256(fold.folder / name), (fold.folder, name)
         assert done["config"]["random_seed"] == 3 and done["Software"] == software_versions()
-    settings = json.loads(next((trained["out"] / "logs").glob("group_*_settings.json")).read_text())
+    settings = json.loads(GroupFiles(trained["out"]).saved_settings()[0].read_text())
     assert settings["random_seed"] == 3 and settings["software"] == software_versions()
 
 
@@ -130,7 +134,7 @@ def test_tampered_checkpoint_is_refused(trained, tmp_path, capsys, damage):
         middle = len(data) // 2
         target.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :])
     else:  # a checkpoint of the same architecture from another training (the fold's)
-        shutil.copy(trained["out"] / "models" / "repeat-0_fold-0" / "QNet.pt", target)
+        shutil.copy(GroupFiles(trained["out"]).fold(0, 0).checkpoint("QNet"), target)
     assert _predict(trained, model, tmp_path) == EXIT_DATA
     lines = _errors(capsys)
     assert len(lines) == 1
@@ -171,3 +175,44 @@ def test_model_card_naming_other_files_is_refused(trained, tmp_path, capsys):
     assert _predict(trained, model, tmp_path) == EXIT_DATA
     lines = _errors(capsys)
     assert len(lines) == 1 and "unknown models ['../../etc/passwd']" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda card: [card], "is not a bids_qnet model card"),
+        (lambda card: card["TrainingSettings"].pop("random_seed") and card, "random_seed"),
+        (lambda card: card | {"Channels": "Chimap"}, "Channels is not a list"),
+    ],
+)
+def test_model_card_of_the_wrong_shape_is_refused(trained, tmp_path, capsys, change, message):
+    model = _copy_model(trained, tmp_path)
+    card = json.loads((model / "model_card.json").read_text())
+    (model / "model_card.json").write_text(json.dumps(change(card)))
+    assert _predict(trained, model, tmp_path) == EXIT_DATA
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("bids_qnet: error")]
+    assert "Traceback" not in err
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_model_with_every_participant_failing_reports_their_errors(trained, tmp_path, capsys):
+    """The participants' own lines, not a line about empty slice stacks."""
+    bids = Path(shutil.copytree(trained["bids"], tmp_path / "bids"))
+    (bids / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").write_bytes(b"")
+    code = main(
+        [
+            str(bids),
+            str(tmp_path / "predictions"),
+            "participant",
+            "--model",
+            str(trained["final"]),
+            "--skip-bids-validation",
+            "--embedding-weights",
+            "random",
+        ]
+    )
+    assert code == EXIT_DATA
+    lines = _errors(capsys)
+    assert len(lines) == 1, lines
+    assert "sub-01: " in lines[0] and "is an empty (0-byte) file" in lines[0]

@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bids_qnet.attribution.contrast import class_references, reference_scan
+from bids_qnet.attribution.contrast import class_references, reference_scans
 from bids_qnet.attribution.integrated import (
     BLUR_SIGMA_MM,
+    IGJob,
     grad_cam,
-    integrated_gradients,
-    internal_batch_size,
+    integrated_gradients_many,
     make_baseline,
 )
 from bids_qnet.attribution.loading import (
@@ -48,14 +48,23 @@ from bids_qnet.attribution.outputs import (
     write_map,
 )
 from bids_qnet.attribution.plan import ScanPlan, plan_scans
-from bids_qnet.attribution.volumes import CropGrid, crop_grid, unstack
-from bids_qnet.derivatives import is_complete, sidecar_path
+from bids_qnet.attribution.volumes import unstack
 from bids_qnet.errors import UsageError
-from bids_qnet.group_inputs import Scan
+from bids_qnet.inputs.scans import Scan
+from bids_qnet.outputs.derivatives import is_complete, sidecar_path
+from bids_qnet.outputs.names import GroupFiles, ModelFiles
+from bids_qnet.preprocess.crop_grid import CropGrid, crop_grid
+from bids_qnet.training.registry import SLICE_MODEL
 
 LOGGER = logging.getLogger(__name__)
 #: Largest difference between recomputed and stored Q-Net scan logits before a warning.
 LOGIT_TOLERANCE = 0.05
+#: Scans of one fold whose Integrated Gradients share calls and passes (same network, same
+#: stack shape), by device. The pass size stays within the pixel budget whatever the count, so
+#: this bounds only the inputs held at once and what an interruption loses (maps are written
+#: per group). On the CPU a pass of the budget holds a few steps of one scan already and
+#: grouping saved nothing (benchmarks/attribution.py): one scan a call, as before.
+SCANS_PER_CALL = {"cpu": 1, "cuda": 8}
 
 
 @dataclass
@@ -79,6 +88,7 @@ def attribute_cohort(
     splits: pd.DataFrame,
     predictions: pd.DataFrame,
     truth: list[str] | None = None,
+    scans_per_call: int | None = None,
 ) -> dict[str, Path]:
     """Attribute every labelled scan, write its maps, the group maps, the region table, figures.
 
@@ -91,13 +101,17 @@ def attribute_cohort(
         The group level's scans.
     labels : dict
         Participant id -> class index.
-    spec : bids_qnet.labels.LabelSpec
+    spec : bids_qnet.inputs.labels.LabelSpec
         Class names and the positive class.
     splits, predictions : pandas.DataFrame
         ``desc-cv_splits.tsv`` and ``desc-oof_predictions.tsv``.
     truth : list of str, optional
         Regions known to carry the effect; default: the demo dataset's planted regions when its
         ground truth (``<bids_dir>_truth/truth.json``) exists.
+    scans_per_call : int, optional
+        Scans of one fold attributed together (:func:`attribute_scans`); default
+        :data:`SCANS_PER_CALL` for the device. The maps are the same (up to float rounding) for
+        any value, only the speed differs.
 
     Returns
     -------
@@ -105,90 +119,149 @@ def attribute_cohort(
         Every file written, by a short key.
     """
     from bids_qnet.attribution.group import summarise_cohort
-    from bids_qnet.embed import resolve_device
+    from bids_qnet.models.device import resolve_device
 
-    if settings.attribution != "ig":
-        raise UsageError(f"--attribution {settings.attribution!r} is not one of ig, none")
-    device = resolve_device(settings.device)
-    plans = plan_scans(scans, labels, splits, predictions, settings.attribution_target)
-    LOGGER.info(
-        "attribution: Integrated Gradients (%d steps, %s baseline, %s class) for %d scans on %s",
-        settings.ig_steps,
-        settings.ig_baseline,
-        settings.attribution_target,
-        len(plans),
-        device,
-    )
-    if settings.stage1 != "train":
-        LOGGER.info("attribution: no Grad-CAM: with --stage1 frozen there is no stage-1 classifier")
+    if scans_per_call is not None and int(scans_per_call) < 1:
+        raise UsageError(f"scans_per_call must be at least 1, got {scans_per_call}")
+    if settings.attribution.attribution != "ig":
+        raise UsageError(
+            f"--attribution {settings.attribution.attribution!r} is not one of ig, none"
+        )
+    device = resolve_device(settings.execution.device)
+    if scans_per_call is None:
+        scans_per_call = SCANS_PER_CALL.get(device.type, 1)
+    plans = plan_scans(scans, labels, splits, predictions, settings.attribution.attribution_target)
+    _announce(settings, len(plans), device)
     results: list[ScanMaps] = []
     written: dict[str, Path] = {}
     start = time.perf_counter()
-    grids = {p.scan.scan_id: crop_grid(p.scan, settings.output_dir) for p in plans}
+    grids = {p.scan.scan_id: crop_grid(p.scan.slices, settings.output_dir) for p in plans}
     references, on_grid = _references(plans, grids, len(spec.classes))
     for fold in sorted({p.fold for p in plans}):
         chosen = [p for p in plans if p.fold == fold]
-        folder = settings.output_dir / "models" / f"repeat-{chosen[0].repeat}_fold-{fold}"
-        networks = None
-        for plan in chosen:
-            grid = grids[plan.scan.scan_id]
-            if networks is None:
-                models = checksums(folder)
-                if settings.stage1 != "train":
-                    models.pop("ResNetSWA.pt", None)
-                networks = fold_networks(
+        folder = GroupFiles(settings.output_dir).fold(chosen[0].repeat, fold).folder
+        models = checksums(folder)
+        if settings.training.stage1 != "train":
+            models.pop(ModelFiles.checkpoint_name(SLICE_MODEL), None)
+        first = grids[chosen[0].scan.scan_id]
+        n_channels, n_classes = len(first.channels), len(spec.classes)
+        networks = fold_networks(
+            settings, folder, chosen[0].scan, n_channels, n_classes, device, models
+        )
+        for offset in range(0, len(chosen), scans_per_call):
+            part = chosen[offset : offset + scans_per_call]
+            maps_list = attribute_scans(
+                settings, part, grids, networks, models, device, spec.classes
+            )
+            if references is not None:
+                with_reference = [i for i, p in enumerate(part) if p.scan.scan_id in on_grid]
+                found = reference_scans(
                     settings,
-                    folder,
-                    plan.scan,
-                    len(grid.channels),
-                    len(spec.classes),
-                    device,
+                    [part[i] for i in with_reference],
+                    grids,
+                    networks,
                     models,
+                    device,
+                    spec.classes,
+                    references,
                 )
-            maps = attribute_scan(settings, plan, grid, networks, models, device, spec.classes)
-            results.append(maps)
-            written[f"ig_{plan.scan.scan_id}"] = maps.record["ig_path"]
-            if maps.record.get("cam_path"):
-                written[f"gradcam_{plan.scan.scan_id}"] = maps.record["cam_path"]
-            if references is not None and plan.scan.scan_id in on_grid:
-                maps.reference, maps.reference_record = reference_scan(
-                    settings, plan, grid, networks, models, device, spec.classes, references
-                )
-                written[f"igreference_{plan.scan.scan_id}"] = map_path(
-                    settings.output_dir, scan_entities(plan.scan), "IGreference"
-                )
-            _log_progress(len(results), len(plans), maps, spec.classes)
+                for i, (volume, record) in zip(with_reference, found, strict=True):
+                    maps_list[i].reference, maps_list[i].reference_record = volume, record
+                    written[f"igreference_{part[i].scan.scan_id}"] = map_path(
+                        settings.output_dir, scan_entities(part[i].scan), "IGreference"
+                    )
+            for maps in maps_list:
+                results.append(maps)
+                written.update(_paths(maps))
+                _log_progress(len(results), len(plans), maps, spec.classes)
     if truth is None:
         truth = planted_regions(settings.bids_dir)
     written.update(summarise_cohort(settings, results, spec, truth))
-    LOGGER.info(
-        "attribution done in %.0f s: %s",
-        time.perf_counter() - start,
-        settings.output_dir / "attribution",
-    )
+    folder = GroupFiles(settings.output_dir).attribution
+    LOGGER.info("attribution done in %.0f s: %s", time.perf_counter() - start, folder)
     return written
 
 
-def attribute_scan(
+@dataclass
+class _Pending:
+    """A scan whose Integrated Gradients are still to compute, and what its sidecar needs."""
+
+    plan: ScanPlan
+    grid: CropGrid
+    config: dict[str, Any]
+    job: IGJob
+    check: dict[str, Any]
+    seconds: float  # preparing it (loading, the logit check, the baseline)
+
+
+def attribute_scans(
     settings,
-    plan: ScanPlan,
-    grid: CropGrid,
+    plans: list[ScanPlan],
+    grids: dict[str, CropGrid],
     networks: FoldNetworks,
     models: dict[str, str],
     device: torch.device,
     class_names: list[str] | tuple[str, ...],
-) -> ScanMaps:
-    """Integrated Gradients (and Grad-CAM) of one scan, written under ``attribution/``."""
-    import captum
+) -> list[ScanMaps]:
+    """Integrated Gradients (and Grad-CAM) of scans of one fold, written under ``attribution/``.
 
+    Maps already there with the same configuration are read back; the others' Integrated
+    Gradients are computed together (:func:`~bids_qnet.attribution.integrated.
+    integrated_gradients_many`), each equal to its own call's up to float rounding. A sidecar's
+    ``Seconds`` is the scan's own preparation and Grad-CAM plus its share of the shared call.
+
+    Parameters
+    ----------
+    settings : bids_qnet.config.Settings
+        As for :func:`attribute_cohort`.
+    plans : list of ScanPlan
+        Scans of one fold.
+    grids : dict
+        Scan id -> crop grid.
+    networks : FoldNetworks
+        The fold's networks.
+    models : dict
+        SHA-256 of the fold's checkpoints.
+    device : torch.device
+        Where to run.
+    class_names : sequence of str
+        Class names.
+
+    Returns
+    -------
+    list of ScanMaps
+        In the order of ``plans``.
+    """
+    done: list[ScanMaps | None] = []
+    pending: list[tuple[int, _Pending]] = []
+    for plan in plans:
+        found = _prepare_scan(settings, plan, grids[plan.scan.scan_id], networks, models, device)
+        if isinstance(found, ScanMaps):
+            done.append(found)
+        else:
+            pending.append((len(done), found))
+            done.append(None)
+    steps = settings.attribution.ig_steps
+    computed = integrated_gradients_many(
+        networks.scan_model, [p.job for _, p in pending], steps, networks.image_size, device
+    )
+    for (index, item), (result, batch, share) in zip(pending, computed, strict=True):
+        done[index] = _finish_scan(
+            settings, item, result, batch, share, networks, models, device, class_names
+        )
+    return done  # type: ignore[return-value]
+
+
+def _prepare_scan(settings, plan, grid, networks, models, device) -> ScanMaps | _Pending:
+    """Read a scan's maps back when they are current, else its input, baseline and check."""
     entities = scan_entities(plan.scan)
     ig_path = map_path(settings.output_dir, entities, "IG")
     cam_path = map_path(settings.output_dir, entities, "GradCAM")
     config = {
         "Method": "IntegratedGradients",
-        "Target": settings.attribution_target,
+        "Target": settings.attribution.attribution_target,
         "TargetIndex": plan.target,
-        "Baseline": settings.ig_baseline,
+        "Baseline": settings.attribution.ig_baseline,
         **model_config(settings, plan, networks, models),
     }
     with_cam = networks.slice_model is not None
@@ -197,12 +270,127 @@ def attribute_scan(
         record.update(ig_path=ig_path, cam_path=cam_path if with_cam else None)
         cam = read_map(cam_path) if with_cam else None
         return ScanMaps(plan, grid, read_map(ig_path), cam, record)
-
     began = time.perf_counter()
     stored = torch.from_numpy(np.array(plan.scan.load_slices(), dtype=np.float32))[None].to(device)
-    model = networks.scan_model
+    x, check = _recomputed(settings, plan, networks.scan_model, stored)
+    zooms = grid.zooms  # slice-stack axes (slice, row, column) are (z, y, x)
+    sigma = (BLUR_SIGMA_MM / zooms[2], BLUR_SIGMA_MM / zooms[1], BLUR_SIGMA_MM / zooms[0])
+    baseline = make_baseline(x, settings.attribution.ig_baseline, sigma)
+    job = IGJob(x, baseline, plan.target)
+    return _Pending(plan, grid, config, job, check, time.perf_counter() - began)
+
+
+def _finish_scan(
+    settings, item: _Pending, result, batch: int, share: float, networks, models, device, names
+) -> ScanMaps:
+    """Grad-CAM of a scan, then write its maps and sidecars."""
+    import captum
+
+    began = time.perf_counter()
+    plan, grid = item.plan, item.grid
+    entities = scan_entities(plan.scan)
+    ig_path = map_path(settings.output_dir, entities, "IG")
+    cam_path = map_path(settings.output_dir, entities, "GradCAM")
+    ig = unstack(result.attribution)
+    cam = None
+    if networks.slice_model is not None:
+        with torch.enable_grad():
+            cam_slices = grad_cam(
+                networks.slice_model, item.job.x[0], plan.cam_target, networks.image_size
+            )
+        cam = unstack(cam_slices)
+    seconds = round(item.seconds + share + time.perf_counter() - began, 2)
+    names = list(names)
+    common = _common_record(settings, plan, entities, names)
+    record = {
+        **common,
+        "Description": "Integrated Gradients of Q-Net's scan decision (stage-1 network, "
+        "Bi-LSTM and, in the quantitative preset, the regional read-out) toward the target "
+        "class, on the crop grid; 4th axis = channels",
+        "Config": item.config,
+        "Implementation": f"captum {captum.__version__}",
+        "Output": "centred logit of the target class (logit minus the mean logit over classes)",
+        "TargetClass": names[plan.target],
+        "AttributedInput": _input_text(settings, networks),
+        "BaselineSigmaMillimetres": BLUR_SIGMA_MM
+        if settings.attribution.ig_baseline == "blur"
+        else None,
+        "IntegrationMethod": "gausslegendre",
+        "InternalBatchSize": batch,
+        **result.record(),
+        "Channels": grid.channels,
+        "Check": item.check,
+        "Device": str(device),
+        "Seconds": seconds,
+    }
+    write_map(ig_path, ig, grid.affine, record)
+    if cam is not None:
+        cam_meta = _cam_record(settings, plan, common, names, models)
+        write_map(cam_path, cam, grid.affine, cam_meta)
+    record.update(ig_path=ig_path, cam_path=cam_path if cam is not None else None)
+    return ScanMaps(plan, grid, ig, cam, record)
+
+
+def _common_record(settings, plan: ScanPlan, entities: dict, names: list[str]) -> dict:
+    """Return what the sidecars of a scan's maps share: source, space, classes, fold."""
+    return {
+        "Sources": [f"bids::{plan.scan.slices.relative_to(settings.output_dir).as_posix()}"],
+        "SpatialReference": entities.get("space"),
+        "TrueClass": names[plan.label],
+        "PredictedClass": names[plan.predicted],
+        "Fold": plan.fold,
+        "Repeat": plan.repeat,
+    }
+
+
+def _cam_record(settings, plan: ScanPlan, common: dict, names: list[str], models: dict) -> dict:
+    """Return the sidecar of a scan's Grad-CAM map."""
+    import captum
+
+    return {
+        **common,
+        "Description": "Grad-CAM of the stage-1 ResNetSWA (layer4) per slice, upsampled "
+        "bilinearly and carried back to the slice grid, stacked on the crop grid",
+        "Method": "LayerGradCam",
+        "Layer": "layer4",
+        "Target": settings.attribution.attribution_target,
+        "TargetClass": names[plan.cam_target],
+        "Implementation": f"captum {captum.__version__}",
+        "ModelSHA256": models,
+    }
+
+
+def _paths(maps: ScanMaps) -> dict[str, Path]:
+    """Return the maps a scan's attribution wrote, keyed ``ig_<scan>`` and ``gradcam_<scan>``."""
+    scan_id, record = maps.plan.scan.scan_id, maps.record
+    paths = {f"ig_{scan_id}": record["ig_path"]}
+    if record.get("cam_path"):
+        paths[f"gradcam_{scan_id}"] = record["cam_path"]
+    return paths
+
+
+def _announce(settings, n_scans: int, device) -> None:
+    attribution = settings.attribution
+    LOGGER.info(
+        "attribution: Integrated Gradients (%d steps, %s baseline, %s class) for %d scans on %s",
+        attribution.ig_steps,
+        attribution.ig_baseline,
+        attribution.attribution_target,
+        n_scans,
+        device,
+    )
+    if settings.training.stage1 != "train":
+        LOGGER.info("attribution: no Grad-CAM: with --stage1 frozen there is no stage-1 classifier")
+
+
+def _recomputed(settings, plan: ScanPlan, model, stored: torch.Tensor):
+    """Recompute the scan's Q-Net logits from its stored slices and compare them.
+
+    Returns the network's input and the check recorded in the sidecar (with a frozen stage 1,
+    also how far the rebuilt backbone's embeddings are from the stored ones).
+    """
     check: dict[str, Any] = {}
-    if settings.stage1 != "train":
+    if settings.training.stage1 != "train":
         check["EmbeddingDeviation"] = check_embeddings(model, plan.scan, stored)
     x = model.to_input(stored)
     with torch.no_grad():
@@ -216,64 +404,7 @@ def attribute_scan(
             plan.scan.scan_id,
             difference,
         )
-    zooms = grid.zooms  # slice-stack axes (slice, row, column) are (z, y, x)
-    sigma = (BLUR_SIGMA_MM / zooms[2], BLUR_SIGMA_MM / zooms[1], BLUR_SIGMA_MM / zooms[0])
-    baseline = make_baseline(x, settings.ig_baseline, sigma)
-    batch = internal_batch_size(x.shape[1], networks.image_size, settings.ig_steps, device)
-    result = integrated_gradients(model, x, baseline, plan.target, settings.ig_steps, batch)
-    ig = unstack(result.attribution)
-    cam = None
-    if with_cam:
-        with torch.enable_grad():
-            cam_slices = grad_cam(networks.slice_model, x[0], plan.cam_target, networks.image_size)
-        cam = unstack(cam_slices)
-    seconds = round(time.perf_counter() - began, 2)
-    names = list(class_names)
-    common = {
-        "Sources": [f"bids::{plan.scan.slices.relative_to(settings.output_dir).as_posix()}"],
-        "SpatialReference": entities.get("space"),
-        "TrueClass": names[plan.label],
-        "PredictedClass": names[plan.predicted],
-        "Fold": plan.fold,
-        "Repeat": plan.repeat,
-    }
-    record = {
-        **common,
-        "Description": "Integrated Gradients of Q-Net's scan decision (Bi-LSTM and ResNet) "
-        "toward the target class, on the crop grid; 4th axis = channels",
-        "Config": config,
-        "Implementation": f"captum {captum.__version__}",
-        "Output": "centred logit of the target class (logit minus the mean logit over classes)",
-        "TargetClass": names[plan.target],
-        "AttributedInput": _input_text(settings.stage1),
-        "BaselineSigmaMillimetres": BLUR_SIGMA_MM if settings.ig_baseline == "blur" else None,
-        "IntegrationMethod": "gausslegendre",
-        "InternalBatchSize": batch,
-        "OutputAtInput": result.output,
-        "OutputAtBaseline": result.baseline_output,
-        "ConvergenceDelta": result.delta,
-        "RelativeDelta": result.relative_delta,
-        "Channels": grid.channels,
-        "Check": check,
-        "Device": str(device),
-        "Seconds": seconds,
-    }
-    write_map(ig_path, ig, grid.affine, record)
-    if cam is not None:
-        cam_meta = {
-            **common,
-            "Description": "Grad-CAM of the stage-1 ResNetSWA (layer4) per slice, upsampled "
-            "bilinearly and carried back to the slice grid, stacked on the crop grid",
-            "Method": "LayerGradCam",
-            "Layer": "layer4",
-            "Target": settings.attribution_target,
-            "TargetClass": names[plan.cam_target],
-            "Implementation": f"captum {captum.__version__}",
-            "ModelSHA256": models,
-        }
-        write_map(cam_path, cam, grid.affine, cam_meta)
-    record.update(ig_path=ig_path, cam_path=cam_path if cam is not None else None)
-    return ScanMaps(plan, grid, ig, cam, record)
+    return x, check
 
 
 def planted_regions(bids_dir: Path) -> list[str] | None:
@@ -318,10 +449,30 @@ def _log_progress(done: int, total: int, maps: ScanMaps, classes) -> None:
             f"; from the other classes' mean: delta {ref['ConvergenceDelta']:.3g} "
             f"({100 * ref['RelativeDelta']:.1f}%), {ref['Seconds']:.1f} s"
         )
-    LOGGER.info(text)
+    progress = {
+        "bar": "attribution",
+        "desc": "attribution",
+        "completed": done,
+        "total": total,
+        "status": plan.scan.scan_id,
+        "close": done == total,
+    }
+    converged = record.get("Converged", True) and (
+        maps.reference_record is None or maps.reference_record.get("Converged", True)
+    )
+    if converged:
+        LOGGER.info(text, extra={"progress": progress})
+    else:
+        LOGGER.warning(
+            "%s: not converged (relative delta above 5 %%; raise --ig-steps)",
+            text,
+            extra={"progress": progress},
+        )
 
 
-def _input_text(stage1: str) -> str:
-    if stage1 == "train":
-        return "stored slices after the stage-1 per-image 1st-99th percentile stretch"
-    return "stored slices (the participant-level input of the frozen backbone)"
+def _input_text(settings, networks: FoldNetworks) -> str:
+    if settings.training.stage1 != "train":
+        return "stored slices (the participant-level input of the frozen backbone)"
+    if networks.scan_model.stretch is None:
+        return "stored slices in their units (the regional network standardises them itself)"
+    return "stored slices after the stage-1 per-image 1st-99th percentile stretch"

@@ -15,6 +15,7 @@ participant credits the structures bright in everyone, and it cannot see through
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,9 +23,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bids_qnet.attribution.integrated import integrated_gradients
+from bids_qnet.attribution.integrated import IGJob, integrated_gradients, integrated_gradients_many
 from bids_qnet.attribution.network import StoredToScan
+from bids_qnet.attribution.outputs import (
+    map_path,
+    model_config,
+    read_map,
+    reusable,
+    scan_entities,
+    write_map,
+)
+from bids_qnet.attribution.volumes import unstack
 from bids_qnet.errors import InputDataError
+from bids_qnet.outputs.derivatives import sidecar_path
 
 LOGGER = logging.getLogger(__name__)
 DESC = "IGreference"
@@ -109,17 +120,21 @@ def reference_attribution(model, stored: torch.Tensor, reference: np.ndarray, ta
     return integrated_gradients(StoredToScan(model), stored, baseline, target, n_steps, batch)
 
 
-def reference_scan(settings, plan, grid, networks, models, device, names, references):
-    """Class-reference Integrated Gradients of one scan, written as ``desc-IGreference``.
+def reference_scans(settings, plans, grids, networks, models, device, names, references):
+    """Class-reference Integrated Gradients of scans of one fold, written as ``desc-IGreference``.
+
+    Maps already there with the same configuration are read back; the others are computed
+    together (:func:`~bids_qnet.attribution.integrated.integrated_gradients_many`, each equal
+    to its own call's up to float rounding).
 
     Parameters
     ----------
     settings : bids_qnet.config.Settings
         Output folder and ``ig_steps``.
-    plan : ScanPlan
-        The scan, its fold and true class.
-    grid : CropGrid
-        Its crop grid.
+    plans : list of ScanPlan
+        The scans (of one fold, on the references' crop grid), their true classes.
+    grids : dict
+        Scan id -> crop grid.
     networks : FoldNetworks
         The fold's networks.
     models : dict
@@ -133,65 +148,60 @@ def reference_scan(settings, plan, grid, networks, models, device, names, refere
 
     Returns
     -------
-    volume : numpy.ndarray
-        ``(C, X, Y, Z)`` attributions toward the true class.
-    record : dict
-        The sidecar.
+    list of tuple
+        Per plan, in order: ``(volume, record)``, the ``(C, X, Y, Z)`` attributions toward the
+        true class and the sidecar.
     """
-    import json
-
-    from bids_qnet.attribution.integrated import internal_batch_size
-    from bids_qnet.attribution.outputs import (
-        map_path,
-        model_config,
-        read_map,
-        reusable,
-        scan_entities,
-        write_map,
+    out: list = [None] * len(plans)
+    pending, jobs = [], []
+    wrapped = StoredToScan(networks.scan_model)
+    for index, plan in enumerate(plans):
+        path = map_path(settings.output_dir, scan_entities(plan.scan), DESC)
+        config = {
+            "Method": "IntegratedGradients",
+            "Baseline": "mean stored slices of the other classes",
+            "ReferenceSHA256": references.digests[plan.label],
+            "TargetIndex": plan.label,
+            **model_config(settings, plan, networks, models),
+        }
+        if reusable(path, config):
+            out[index] = (read_map(path), json.loads(sidecar_path(path).read_text()))
+            continue
+        began = time.perf_counter()
+        stored = torch.from_numpy(np.array(plan.scan.load_slices(), dtype=np.float32))[None]
+        stored = stored.to(device)
+        baseline = torch.from_numpy(references.slices[plan.label])[None].to(device, stored.dtype)
+        if baseline.shape != stored.shape:
+            raise InputDataError(
+                f"reference {tuple(baseline.shape)} vs slices {tuple(stored.shape)}"
+            )
+        jobs.append(IGJob(stored, baseline, plan.label))
+        pending.append((index, plan, path, config, time.perf_counter() - began))
+    computed = integrated_gradients_many(
+        wrapped, jobs, settings.attribution.ig_steps, networks.image_size, device
     )
-    from bids_qnet.attribution.volumes import unstack
-    from bids_qnet.derivatives import sidecar_path
-
-    path = map_path(settings.output_dir, scan_entities(plan.scan), DESC)
-    config = {
-        "Method": "IntegratedGradients",
-        "Baseline": "mean stored slices of the other classes",
-        "ReferenceSHA256": references.digests[plan.label],
-        "TargetIndex": plan.label,
-        **model_config(settings, plan, networks, models),
-    }
-    if reusable(path, config):
-        return read_map(path), json.loads(sidecar_path(path).read_text())
-    began = time.perf_counter()
-    stored = torch.from_numpy(np.array(plan.scan.load_slices(), dtype=np.float32))[None]
-    stored = stored.to(device)
-    batch = internal_batch_size(stored.shape[1], networks.image_size, settings.ig_steps, device)
-    result = reference_attribution(
-        networks.scan_model,
-        stored,
-        references.slices[plan.label],
-        plan.label,
-        (settings.ig_steps, batch),
-    )
-    volume = unstack(result.attribution)
-    record = {
-        "Description": "Integrated Gradients of Q-Net's scan decision toward the true class, "
-        "from the mean stored slices of the other classes, through the whole network (the "
-        "stage-1 per-image stretch included); on the crop grid, 4th axis = channels",
-        "Config": config,
-        "Sources": [f"bids::{plan.scan.slices.relative_to(settings.output_dir).as_posix()}"],
-        "ReferenceParticipants": references.members[plan.label],
-        "TrueClass": names[plan.label],
-        "TargetClass": names[plan.label],
-        "Output": "centred logit of the true class (logit minus the mean logit over classes)",
-        "OutputAtInput": result.output,
-        "OutputAtBaseline": result.baseline_output,
-        "ConvergenceDelta": result.delta,
-        "RelativeDelta": result.relative_delta,
-        "InternalBatchSize": batch,
-        "Channels": grid.channels,
-        "Device": str(device),
-        "Seconds": round(time.perf_counter() - began, 2),
-    }
-    write_map(path, volume, grid.affine, record)
-    return volume, record
+    for (index, plan, path, config, seconds), (result, batch, share) in zip(
+        pending, computed, strict=True
+    ):
+        grid = grids[plan.scan.scan_id]
+        volume = unstack(result.attribution)
+        source = plan.scan.slices.relative_to(settings.output_dir).as_posix()
+        record = {
+            "Description": "Integrated Gradients of Q-Net's scan decision toward the true "
+            "class, from the mean stored slices of the other classes, through the whole network "
+            "(the stage-1 per-image stretch included); on the crop grid, 4th axis = channels",
+            "Config": config,
+            "Sources": [f"bids::{source}"],
+            "ReferenceParticipants": references.members[plan.label],
+            "TrueClass": names[plan.label],
+            "TargetClass": names[plan.label],
+            "Output": "centred logit of the true class (logit minus the mean logit over classes)",
+            **result.record(),
+            "InternalBatchSize": batch,
+            "Channels": grid.channels,
+            "Device": str(device),
+            "Seconds": round(seconds + share, 2),
+        }
+        write_map(path, volume, grid.affine, record)
+        out[index] = (volume, record)
+    return out

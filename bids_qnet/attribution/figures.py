@@ -6,8 +6,8 @@ Agg canvas (the global pyplot backend is never touched) and written atomically.
 
 from __future__ import annotations
 
-import io
 import logging
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,13 +17,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-from bids_qnet.derivatives import write_atomic
+from bids_qnet.outputs.atomic import write_figure
 
 LOGGER = logging.getLogger(__name__)
 DPI = 150
 CHANNEL_COLOURS = ("#d62728", "#1f77b4", "#7f7f7f", "#2ca02c", "#9467bd", "#8c564b")
 _TAG = {"facecolor": "black", "alpha": 0.6, "pad": 1.0, "linewidth": 0}
+_TAG_TEXT = {"color": "white", "fontsize": 7, "fontweight": "bold", "bbox": _TAG}
 OUTLINE_COLOURS = ("#ffd60a", "#00e5ff", "#7CFC00", "#ff66ff")
 
 
@@ -58,7 +60,15 @@ def region_barplot(
     Path
     """
     shown = table.head(top).iloc[::-1]
-    fig = Figure(figsize=(8.5, 1.1 + 0.32 * len(shown)), dpi=DPI)
+    marked = set(truth or ())
+    ticks = [
+        _region_tick(rank, name, name in marked, row)
+        for rank, name, (_, row) in zip(
+            shown["rank"], shown["region"], shown.iterrows(), strict=True
+        )
+    ]
+    lines = sum(t.count("\n") + 1 for t in ticks)
+    fig = Figure(figsize=(9.0, 1.3 + 0.24 * lines + 0.1 * len(ticks)), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     y = np.arange(len(shown))
@@ -71,22 +81,32 @@ def region_barplot(
         ax.barh(y, neg, left=left, color=colour, height=0.7)
         right, left = right + pos, left + neg
     ax.scatter(shown["density_contrast"], y, color="black", s=12, zorder=3, label="total")
-    marked = set(truth or ())
-    names = [f"{r} *" if r in marked else str(r) for r in shown["region"]]
-    ticks = [
-        f"{rank}. {name} ({voxels} vx)"
-        for rank, name, voxels in zip(shown["rank"], names, shown["voxels"], strict=True)
-    ]
-    ax.set_yticks(y, ticks)
+    ax.set_yticks(y, ticks, fontsize=9)
+    ax.set_ylim(-0.6, len(shown) - 0.4)
     low, high = float(left.min(initial=0.0)), float(right.max(initial=0.0))
     pad = 0.05 * (high - low) or 1e-6
     ax.set_xlim(low - pad, high + pad)
     ax.axvline(0, color="black", linewidth=0.8)
+    # Tick labels as multiples of one power of ten (shown at the axis end): short, no overlap.
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3), useMathText=True)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
     ax.set_xlabel("relevance density contrast (IG relevance per voxel, a.u.)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    ax.set_title(title + ("\n* known (planted) region" if marked else ""), fontsize=9)
+    ax.set_title(
+        textwrap.fill(title, 70) + ("\n* known (planted) region" if marked else ""), fontsize=9
+    )
     fig.tight_layout()
     return _save(fig, out_path)
+
+
+def _region_tick(rank, name, marked: bool, row) -> str:
+    """``3. Right MFC medial frontal cortex *`` over ``(51 voxels, 408 mm³)``, wrapped."""
+    words = str(name).replace("_", " ") + (" *" if marked else "")
+    size = f"{int(row['voxels']):,} voxels"
+    if "volume_mm3" in row and np.isfinite(row["volume_mm3"]):
+        size += f", {float(row['volume_mm3']):,.0f} mm³"
+    wrapped = textwrap.fill(f"{rank}. {words}", width=40, subsequent_indent="    ")
+    return f"{wrapped}\n({size})"
 
 
 def overlay(
@@ -136,16 +156,7 @@ def overlay(
     wanted = [n for n in outlined if n in lookup and (grid.labels == lookup[n]).any()]
     spread = [lookup[n] for n in level_regions if n in lookup] or [lookup[n] for n in wanted]
     levels = _levels(grid.labels, spread, n_levels)
-    zooms = grid.zooms
-    extent = (0.0, background.shape[0] * zooms[0], 0.0, background.shape[1] * zooms[1])
-    panel_h = 1.5
-    panel_w = panel_h * extent[1] / extent[3]
-    fig = Figure(
-        figsize=(panel_w * len(levels) + 1.4, (panel_h + 0.35) * len(maps) + 0.8),
-        dpi=DPI,
-        layout="constrained",
-    )
-    FigureCanvasAgg(fig)
+    fig, extent = _overlay_figure(background.shape, grid.zooms, len(maps), len(levels))
     inside = background[background > 0]
     window = np.percentile(inside, [1, 99]) if inside.size else (0.0, 1.0)
     rows = fig.subfigures(len(maps), 1, squeeze=False)[:, 0]
@@ -156,46 +167,59 @@ def overlay(
         axes = sub.subplots(1, len(levels), squeeze=False)[0]
         for ax, z in zip(axes, levels, strict=True):
             image = _panel(ax, background, window, volume, z, norm, cmap, extent, limit)
-            for k, name in enumerate(wanted):
-                mask = (grid.labels[:, :, z] == lookup[name]).T.astype(float)
-                if mask.any():
-                    xs = (np.arange(mask.shape[1]) + 0.5) * zooms[0]
-                    ys = (np.arange(mask.shape[0]) + 0.5) * zooms[1]
-                    colour = OUTLINE_COLOURS[k % len(OUTLINE_COLOURS)]
-                    ax.contour(xs, ys, mask, levels=[0.5], colors=colour, linewidths=0.7)
+            _outline_regions(ax, grid, [lookup[name] for name in wanted], z)
             ax.set_title(f"z = {_world_z(grid, z):.0f} mm", fontsize=6, pad=2)
-        for text, x, ha in (("L", 0.03, "left"), ("R", 0.97, "right")):
-            axes[0].text(
-                x,
-                0.5,
-                text,
-                transform=axes[0].transAxes,
-                ha=ha,
-                va="center",
-                color="white",
-                fontsize=7,
-                fontweight="bold",
-                bbox=_TAG,
-            )
-        axes[0].text(
-            0.5,
-            0.97,
-            "A",
-            transform=axes[0].transAxes,
-            ha="center",
-            va="top",
-            color="white",
-            fontsize=7,
-            fontweight="bold",
-            bbox=_TAG,
-        )
+        _orientation_tags(axes[0])
         colourbar = sub.colorbar(image, ax=list(axes), shrink=0.9, aspect=15, pad=0.01)
         colourbar.set_label(quantity + " (a.u.)", fontsize=6)
         colourbar.ax.tick_params(labelsize=5)
         sub.suptitle(title, fontsize=8, x=0.01, ha="left")
+    _outline_legend(fig, wanted)
+    fig.suptitle(
+        f"{quantity}, class averages; neurological view (subject's left on the left, anterior up)",
+        fontsize=8,
+    )
+    return _save(fig, out_path)
+
+
+def _overlay_figure(shape, zooms, n_rows: int, n_columns: int) -> tuple[Figure, tuple]:
+    """Return the overlay's figure (panels 1.5 in high, the crop's aspect) and a panel's extent."""
+    extent = (0.0, shape[0] * zooms[0], 0.0, shape[1] * zooms[1])
+    panel_h = 1.5
+    panel_w = panel_h * extent[1] / extent[3]
+    fig = Figure(
+        figsize=(panel_w * n_columns + 1.4, (panel_h + 0.35) * n_rows + 0.8),
+        dpi=DPI,
+        layout="constrained",
+    )
+    FigureCanvasAgg(fig)
+    return fig, extent
+
+
+def _outline_regions(ax, grid, indices: list[int], z: int) -> None:
+    """Outline regions (atlas indices) on axial slice ``z``, one colour each."""
+    zooms = grid.zooms
+    for k, index in enumerate(indices):
+        mask = (grid.labels[:, :, z] == index).T.astype(float)
+        if mask.any():
+            xs = (np.arange(mask.shape[1]) + 0.5) * zooms[0]
+            ys = (np.arange(mask.shape[0]) + 0.5) * zooms[1]
+            colour = OUTLINE_COLOURS[k % len(OUTLINE_COLOURS)]
+            ax.contour(xs, ys, mask, levels=[0.5], colors=colour, linewidths=0.7)
+
+
+def _orientation_tags(ax) -> None:
+    """Mark the subject's left, right and anterior on a panel."""
+    for text, x, ha in (("L", 0.03, "left"), ("R", 0.97, "right")):
+        ax.text(x, 0.5, text, transform=ax.transAxes, ha=ha, va="center", **_TAG_TEXT)
+    ax.text(0.5, 0.97, "A", transform=ax.transAxes, ha="center", va="top", **_TAG_TEXT)
+
+
+def _outline_legend(fig: Figure, names: list[str]) -> None:
+    """Name the outlined regions under the panels."""
     handles = [
         Line2D([], [], color=OUTLINE_COLOURS[k % len(OUTLINE_COLOURS)], label=name)
-        for k, name in enumerate(wanted)
+        for k, name in enumerate(names)
     ]
     if handles:
         fig.legend(
@@ -207,11 +231,6 @@ def overlay(
             title="outlines (top-ranked regions)",
             title_fontsize=6,
         )
-    fig.suptitle(
-        f"{quantity}, class averages; neurological view (subject's left on the left, anterior up)",
-        fontsize=8,
-    )
-    return _save(fig, out_path)
 
 
 def _panel(ax, background, window, volume, z, norm, cmap, extent, limit):
@@ -252,6 +271,4 @@ def _world_z(grid, z: int) -> float:
 
 
 def _save(fig: Figure, out_path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
-    return write_atomic(Path(out_path), lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    return write_figure(Path(out_path), fig, DPI)

@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from bids_qnet.attribution import regions as reg
+from bids_qnet.attribution.integrated import CONVERGENCE_TOLERANCE
 from bids_qnet.attribution.outputs import label_value, map_path, write_map, write_region_table
-from bids_qnet.attribution.volumes import space_entities
+from bids_qnet.outputs.names import GroupFiles
+from bids_qnet.preprocess.crop_grid import space_entities
+from bids_qnet.training.registry import SCAN_MODEL
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,8 +46,8 @@ def summarise_cohort(settings, results: list, spec, truth: list[str] | None) -> 
     settings : bids_qnet.config.Settings
         Output folder and attribution settings.
     results : list of ScanMaps
-        From :func:`bids_qnet.attribution.cohort.attribute_scan`.
-    spec : bids_qnet.labels.LabelSpec
+        From :func:`bids_qnet.attribution.cohort.attribute_scans`.
+    spec : bids_qnet.inputs.labels.LabelSpec
         Class names and the positive class.
     truth : list of str or None
         Regions known to carry the effect.
@@ -52,8 +56,6 @@ def summarise_cohort(settings, results: list, spec, truth: list[str] | None) -> 
     -------
     dict of str to Path
     """
-    from bids_qnet.attribution import figures
-
     kept = _common_grid(results)
     grid = kept[0].grid
     classes = list(spec.classes)
@@ -81,6 +83,94 @@ def summarise_cohort(settings, results: list, spec, truth: list[str] | None) -> 
         positive,
         reg.MIN_VOLUME_MM3,
     )
+    meta = _table_metadata(base, grid, ranked, ranked_on, classes, positive)
+    meta["Reliability"] = reliability(settings.output_dir, ranked, ranked_on)
+    record_reliability(settings.output_dir, meta["Reliability"])
+    if truth:
+        meta["Localisation"] = localisation_report(oriented, labels, positive, grid, table, truth)
+        LOGGER.info("attribution: %s", meta["Localisation"]["Summary"])
+    written["regions"] = write_region_table(settings.output_dir, table, meta)
+    LOGGER.info("attribution: top regions %s", ", ".join(table["region"].head(5)))
+    maps = (class_maps, contrast, oriented, labels)
+    figures = _cohort_figures(settings, kept, table, maps, ranked_on, classes, positive, truth)
+    written.update(figures)
+    return written
+
+
+def record_reliability(output_dir: Path, checks: dict[str, Any]) -> None:
+    """Put :func:`reliability`'s warnings in the group run's warnings table.
+
+    The table logs each one and the report shows it; the convergence warning names the scans.
+    """
+    from bids_qnet.outputs.warnings import record_warning
+
+    unconverged = checks.get("Unconverged") or []
+    for line in checks.get("Warnings") or []:
+        if unconverged and "did not converge" in line:
+            line += f" ({', '.join(unconverged)})"
+        record_warning(output_dir, "attribution", line)
+
+
+def reliability(output_dir: Path, ranked: list, ranked_on: str) -> dict[str, Any]:
+    """Say whether the ranked maps can be read as findings.
+
+    Two checks: every map's Integrated Gradients converged (relative delta at most
+    :data:`~bids_qnet.attribution.integrated.CONVERGENCE_TOLERANCE`), and the explained model
+    (Q-Net, scan level) is better than chance: the lower end of its bootstrap 95 % CI of the
+    AUC (``desc-bootstrap_ci.tsv``) is above 0.5. Maps of a model at chance explain noise.
+
+    Returns
+    -------
+    dict
+        ``Unconverged`` (scan ids), ``ConvergenceTolerance``, ``ModelAUC`` and ``ModelAUCCI``
+        (None when unknown), ``AtChance``, ``Reliable`` and ``Warnings`` (sentences).
+    """
+    key = "reference_record" if ranked_on == "IGreference" else "record"
+    unconverged = [
+        r.plan.scan.scan_id for r in ranked if not (getattr(r, key) or {}).get("Converged", True)
+    ]
+    auc, interval = scan_auc_interval(output_dir, SCAN_MODEL)
+    at_chance = interval is not None and interval[0] <= 0.5
+    warnings = []
+    if at_chance:
+        warnings.append(
+            f"Q-Net's scan-level AUC is {auc:.2f} with a 95 % CI of [{interval[0]:.2f}, "
+            f"{interval[1]:.2f}], which includes chance (0.5): the attribution maps explain a "
+            "model that does not separate the groups; do not read the region ranking as findings"
+        )
+    if unconverged:
+        warnings.append(
+            f"Integrated Gradients did not converge for {len(unconverged)} of {len(ranked)} "
+            f"scans (relative delta above {CONVERGENCE_TOLERANCE:.0%}): raise --ig-steps"
+        )
+    return {
+        "ConvergenceTolerance": CONVERGENCE_TOLERANCE,
+        "Unconverged": unconverged,
+        "ModelAUC": auc,
+        "ModelAUCCI": list(interval) if interval is not None else None,
+        "AtChance": bool(at_chance),
+        "Reliable": not warnings,
+        "Warnings": warnings,
+    }
+
+
+def scan_auc_interval(
+    output_dir: Path, model: str
+) -> tuple[float | None, tuple[float, float] | None]:
+    """Return a model's scan-level AUC and bootstrap 95 % CI (None, None when not written)."""
+    path = GroupFiles(Path(output_dir)).bootstrap_ci
+    if not path.is_file():
+        return None, None
+    table = pd.read_csv(path, sep="\t")
+    row = table[(table["level"] == "scan") & (table["model"] == model)]
+    if row.empty or row[["ci_low", "ci_high"]].isna().any(axis=None):
+        return None, None
+    first = row.iloc[0]
+    return float(first["auc"]), (float(first["ci_low"]), float(first["ci_high"]))
+
+
+def _table_metadata(base, grid, ranked, ranked_on, classes, positive) -> dict[str, Any]:
+    """Return the region table's sidecar: how its maps were made, ranked and oriented."""
     meta: dict[str, Any] = {**base, "Atlas": grid.atlas_name, "Ranking": _ranking_text()}
     meta["RankedOn"] = f"desc-{ranked_on} maps of {len(ranked)} scans"
     if ranked_on == "IGreference":
@@ -96,21 +186,23 @@ def summarise_cohort(settings, results: list, spec, truth: list[str] | None) -> 
         if positive is not None
         else "maps toward each participant's target class"
     )
-    if truth:
-        meta["Localisation"] = localisation_report(oriented, labels, positive, grid, table, truth)
-        LOGGER.info("attribution: %s", meta["Localisation"]["Summary"])
-    written["regions"] = write_region_table(settings.output_dir, table, meta)
-    LOGGER.info("attribution: top regions %s", ", ".join(table["region"].head(5)))
+    return meta
 
-    folder = settings.output_dir / "figures"
+
+def _cohort_figures(settings, kept, table, maps, ranked_on, classes, positive, truth):
+    """Draw the region bar plot, the IG overlay and (with a stage 1) the Grad-CAM overlay."""
+    from bids_qnet.attribution import figures
+
+    class_maps, contrast, oriented, labels = maps
+    grid, files, written = kept[0].grid, GroupFiles(settings.output_dir), {}
     written["barplot"] = figures.region_barplot(
         table,
         grid.channels,
-        folder / "desc-igregions_barplot.png",
+        files.ig_regions_barplot,
         truth,
         _contrast_title(classes, positive),
     )
-    baseline = f"{settings.ig_baseline} baseline"
+    baseline = f"{settings.attribution.ig_baseline} baseline"
     panels = {f"class {k}, {baseline}, toward its target": v.sum(0) for k, v in class_maps.items()}
     if contrast is not None:
         other = _other(classes, positive)
@@ -126,15 +218,16 @@ def summarise_cohort(settings, results: list, spec, truth: list[str] | None) -> 
                 oriented.mean(axis=0).sum(axis=0)
             )
     background, top = _background(kept), list(table["region"].head(4))
+    regions = settings.preprocessing.crop_regions
     written["igoverlay"] = figures.overlay(
         background,
         panels,
         grid,
         top,
-        folder / "desc-igoverlay_attribution.png",
+        files.ig_overlay,
         "Integrated Gradients relevance",
         signed=True,
-        level_regions=settings.crop_regions,
+        level_regions=regions,
     )
     cams = _cam_means(kept, classes)
     if cams:
@@ -143,10 +236,10 @@ def summarise_cohort(settings, results: list, spec, truth: list[str] | None) -> 
             {f"class {k}": v for k, v in cams.items()},
             grid,
             top,
-            folder / "desc-gradcamoverlay_attribution.png",
+            files.gradcam_overlay,
             "Grad-CAM (ResNetSWA layer4)",
             signed=False,
-            level_regions=settings.crop_regions,
+            level_regions=regions,
         )
     return written
 
@@ -163,7 +256,7 @@ def write_group_maps(settings, kept, classes, positive, base):
         ``(C, X, Y, Z)`` positive-class minus other-class average, toward the positive class.
     """
     out, grid = settings.output_dir, kept[0].grid
-    entities = space_entities(kept[0].plan.scan)
+    entities = space_entities(kept[0].plan.scan.slices)
     ig = np.stack([r.ig for r in kept])
     labels = np.array([r.plan.label for r in kept])
     correct = np.array([r.plan.correct for r in kept])
@@ -209,13 +302,13 @@ def write_group_maps(settings, kept, classes, positive, base):
 def write_reference_maps(settings, ranked, oriented, classes, positive) -> dict[str, Path]:
     """Write the class averages of the class-reference maps (and their two-class contrast)."""
     out, grid = settings.output_dir, ranked[0].grid
-    entities = space_entities(ranked[0].plan.scan)
+    entities = space_entities(ranked[0].plan.scan.slices)
     labels = np.array([r.plan.label for r in ranked])
     base = {
         "Method": "IntegratedGradients",
         "Baseline": "mean stored slices of the other classes",
         "Target": "true",
-        "Steps": int(settings.ig_steps),
+        "Steps": int(settings.attribution.ig_steps),
         "Output": "centred logit of the true class",
         "Channels": grid.channels,
         "ConvergenceDeltas": {
@@ -315,9 +408,9 @@ def _group_metadata(settings, kept) -> dict[str, Any]:
     relative = [r.record["RelativeDelta"] for r in kept]
     return {
         "Method": "IntegratedGradients",
-        "Target": settings.attribution_target,
-        "Baseline": settings.ig_baseline,
-        "Steps": int(settings.ig_steps),
+        "Target": settings.attribution.attribution_target,
+        "Baseline": settings.attribution.ig_baseline,
+        "Steps": int(settings.attribution.ig_steps),
         "Output": "centred logit of the target class",
         "Channels": kept[0].grid.channels,
         "ConvergenceDeltas": {r.plan.scan.scan_id: r.record["ConvergenceDelta"] for r in kept},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,11 @@ BLUR_SIGMA_MM = 8.0
 #: Network-input pixels held in one forward/backward pass (about 64 images of 224 x 224 on a
 #: CPU, 8 times more on a GPU): bounds the memory of the Integrated Gradients steps.
 PIXEL_BUDGET = {"cpu": 64 * 224 * 224, "cuda": 512 * 224 * 224}
+
+
+#: Largest relative convergence delta (``|delta| / |output - baseline output|``) of a map that
+#: is trusted: above it the path integral is too coarse (raise ``--ig-steps``).
+CONVERGENCE_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,17 @@ class IGResult:
         """``|delta| / |output - baseline_output|`` (inf when the outputs are equal)."""
         gap = abs(self.output - self.baseline_output)
         return abs(self.delta) / gap if gap > 0 else float("inf")
+
+    def record(self) -> dict[str, float]:
+        """Return what a map's sidecar says of it: the outputs and the completeness check."""
+        return {
+            "OutputAtInput": self.output,
+            "OutputAtBaseline": self.baseline_output,
+            "ConvergenceDelta": self.delta,
+            "RelativeDelta": self.relative_delta,
+            "Converged": bool(self.relative_delta <= CONVERGENCE_TOLERANCE),
+            "ConvergenceTolerance": CONVERGENCE_TOLERANCE,
+        }
 
 
 def make_baseline(x: Tensor, kind: str, sigma_vox: tuple[float, float, float]) -> Tensor:
@@ -88,22 +105,79 @@ def internal_batch_size(n_slices: int, image_size: int, n_steps: int, device: to
     return int(max(1, min(int(n_steps), budget // per_sequence)))
 
 
-def lstm_backward_context(device: torch.device):
-    """Return a context without cuDNN on CUDA (it refuses the LSTM backward in eval mode)."""
-    if device.type == "cuda":
-        return torch.backends.cudnn.flags(enabled=False)
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def lstm_backward_context(device: torch.device, model: nn.Module | None = None):
+    """Keep cuDNN out of the recurrent layers only, on CUDA (a no-op on the CPU).
+
+    cuDNN refuses an LSTM's backward pass in eval mode. Switched off for the whole model it also
+    leaves the convolutions (ResNet18, nearly all of the work) to PyTorch's fallback kernels,
+    many times slower. Inside this context cuDNN runs the convolutions, in full float32 precision
+    (no TF32, so that the attributions match the CPU's), and is switched off only while each
+    ``nn.RNNBase`` module of ``model`` runs its forward pass: such a module then takes PyTorch's
+    own implementation, whose backward needs no cuDNN. Without ``model``, cuDNN is off throughout
+    (as before).
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the model runs.
+    model : torch.nn.Module, optional
+        The network whose recurrent layers must avoid cuDNN.
+
+    Yields
+    ------
+    None
+    """
+    if device.type != "cuda":
+        yield
+        return
+    if model is None:
+        with torch.backends.cudnn.flags(enabled=False):
+            yield
+        return
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), cudnn_off_in_rnns(model):
+        yield
+
+
+@contextlib.contextmanager
+def cudnn_off_in_rnns(model: nn.Module):
+    """Switch cuDNN off during the forward pass of each recurrent module of ``model``.
+
+    Forward pre- and post-hooks on every ``nn.RNNBase`` submodule save, clear and restore
+    ``torch.backends.cudnn.enabled``; they are removed on exit.
+    """
+    saved: list[bool] = []
+
+    def before(module, args):
+        saved.append(torch.backends.cudnn.enabled)
+        torch.backends.cudnn.enabled = False
+
+    def after(module, args, output):
+        torch.backends.cudnn.enabled = saved.pop()
+
+    handles = []
+    try:
+        for module in model.modules():
+            if isinstance(module, nn.RNNBase):
+                handles.append(module.register_forward_pre_hook(before))
+                handles.append(module.register_forward_hook(after))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        if saved:  # a forward pass that raised inside a recurrent module
+            torch.backends.cudnn.enabled = saved[0]
 
 
 def integrated_gradients(
     model: nn.Module,
     x: Tensor,
     baseline: Tensor,
-    target: int,
+    target: int | list[int],
     n_steps: int,
     batch_size: int | None = None,
-) -> IGResult:
-    """Integrated Gradients of the target class's centred logit of one scan.
+) -> IGResult | list[IGResult]:
+    """Integrated Gradients of the target class's centred logit of one scan or of several.
 
     Parameters
     ----------
@@ -113,48 +187,137 @@ def integrated_gradients(
         subtracted, see
         :class:`~bids_qnet.attribution.network.CentredLogit`).
     x, baseline : Tensor
-        ``(1, T, C, H, W)`` attributed input and baseline, on the model's device.
-    target : int
-        Class whose centred logit is explained.
+        ``(B, T, C, H, W)`` attributed inputs and baselines, on the model's device: one scan
+        (``B = 1``) or several of one shape, attributed in the same passes (each scan's path is
+        its own: the model, in eval mode, treats the sequences of a batch apart).
+    target : int or list of int
+        Class whose centred logit is explained: one for all scans, or one per scan.
     n_steps : int
         Gauss-Legendre steps along the straight path.
     batch_size : int, optional
-        captum's ``internal_batch_size`` (sequences per pass); default from
-        :func:`internal_batch_size`.
+        captum's ``internal_batch_size`` (sequences per pass, a multiple of ``B`` is best);
+        default from :func:`internal_batch_size`, for all ``B`` scans together.
 
     Returns
     -------
-    IGResult
+    IGResult or list of IGResult
+        One result for an ``int`` target and ``B = 1`` (as before), else a list, one per scan.
     """
     from captum.attr import IntegratedGradients
 
-    if x.ndim != 5 or x.shape[0] != 1 or baseline.shape != x.shape:
+    if x.ndim != 5 or x.shape[0] < 1 or baseline.shape != x.shape:
         raise UsageError(
-            f"one scan (1, T, C, H, W) and a baseline of its shape, got {tuple(x.shape)}"
+            f"scans (B, T, C, H, W) and baselines of their shape, got {tuple(x.shape)} and "
+            f"{tuple(baseline.shape)}"
         )
     if int(n_steps) < 1:
         raise UsageError(f"--ig-steps must be at least 1, got {n_steps}")
+    n_scans = int(x.shape[0])
+    single = isinstance(target, int | np.integer) and n_scans == 1
+    targets = [int(target)] * n_scans if isinstance(target, int | np.integer) else list(target)
+    if len(targets) != n_scans:
+        raise UsageError(f"{len(targets)} targets for {n_scans} scans")
     wrapped = CentredLogit(model).eval()
     if batch_size is None:
         size = _net_side(model, x) if hasattr(model, "geometry") else int(x.shape[-1])
-        batch_size = internal_batch_size(x.shape[1], size, n_steps, x.device)
-    with lstm_backward_context(x.device):
+        batch_size = internal_batch_size(x.shape[1], size, n_steps * n_scans, x.device)
+    with lstm_backward_context(x.device, wrapped):
         attribution, delta = IntegratedGradients(wrapped).attribute(
             x,
             baselines=baseline,
-            target=int(target),
+            target=[int(t) for t in targets],
             n_steps=int(n_steps),
             internal_batch_size=int(batch_size),
             return_convergence_delta=True,
         )
     with torch.no_grad():
-        outputs = wrapped(torch.cat([x, baseline]))[:, int(target)].float().cpu()
-    return IGResult(
-        attribution[0].detach().float().cpu().numpy(),
-        float(outputs[0]),
-        float(outputs[1]),
-        float(delta.reshape(-1)[0]),
-    )
+        outputs = wrapped(torch.cat([x, baseline])).float().cpu()
+    attribution = attribution.detach().float().cpu().numpy()
+    delta = delta.detach().float().cpu().reshape(-1)
+    results = [
+        IGResult(
+            attribution[i],
+            float(outputs[i, targets[i]]),
+            float(outputs[n_scans + i, targets[i]]),
+            float(delta[i]),
+        )
+        for i in range(n_scans)
+    ]
+    return results[0] if single else results
+
+
+@dataclass(frozen=True)
+class IGJob:
+    """One scan's Integrated Gradients to compute: input, baseline, target.
+
+    Attributes
+    ----------
+    x, baseline : Tensor
+        ``(1, T, C, H, W)`` attributed input and baseline, on the model's device.
+    target : int
+        Class whose centred logit is explained.
+    """
+
+    x: Tensor
+    baseline: Tensor
+    target: int
+
+
+def integrated_gradients_many(
+    model: nn.Module, jobs: list[IGJob], n_steps: int, image_size: int, device: torch.device
+) -> list[tuple[IGResult, int, float]]:
+    """Integrated Gradients of several scans through one network, scans of one shape together.
+
+    The scans whose stacks have the same shape go through :func:`integrated_gradients`
+    together, as many in one call as one pass within :func:`internal_batch_size`'s budget holds
+    (a pass holds whole steps: one sequence of each scan of the call a step), instead of one
+    call per scan. Each scan's result equals its own call's up to float rounding (the model, in eval
+    mode, treats the sequences of a batch apart).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        ``(B, T, C, H, W) -> (B, K)`` logits, in eval mode.
+    jobs : list of IGJob
+        The scans.
+    n_steps : int
+        Gauss-Legendre steps.
+    image_size : int
+        Side of the network's input images (sets the pass size).
+    device : torch.device
+        Where the model runs.
+
+    Returns
+    -------
+    list of tuple
+        Per job, in order: its :class:`IGResult`, the pass size (sequences) of its call and its
+        share of the call's seconds.
+    """
+    out: list[tuple[IGResult, int, float] | None] = [None] * len(jobs)
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    for index, job in enumerate(jobs):
+        shapes.setdefault(tuple(job.x.shape), []).append(index)
+    # a call's passes hold at least one step of each of its scans: no more scans than fit
+    groups = []
+    for shape, indices in shapes.items():
+        most = internal_batch_size(shape[1], image_size, len(indices), device)
+        groups += [(shape, indices[i : i + most]) for i in range(0, len(indices), most)]
+    for shape, indices in groups:
+        began = time.perf_counter()
+        batch = internal_batch_size(shape[1], image_size, int(n_steps) * len(indices), device)
+        batch -= batch % len(indices)  # whole steps: captum passes batch // scans steps
+        results = integrated_gradients(
+            model,
+            torch.cat([jobs[i].x for i in indices]),
+            torch.cat([jobs[i].baseline for i in indices]),
+            [int(jobs[i].target) for i in indices],
+            n_steps,
+            batch,
+        )
+        share = (time.perf_counter() - began) / len(indices)
+        for index, result in zip(indices, results, strict=True):
+            out[index] = (result, batch, share)
+    return out  # type: ignore[return-value]
 
 
 def grad_cam(slice_model: SliceClassifier, x: Tensor, target: int, image_size: int) -> np.ndarray:

@@ -23,11 +23,14 @@ from bids_qnet.attribution.network import (
     participant_geometry,
     stage1_geometry,
 )
-from bids_qnet.derivatives import sidecar_path
-from bids_qnet.errors import InputDataError
-from bids_qnet.group_inputs import Scan
-from bids_qnet.integrity import file_sha256
+from bids_qnet.errors import InputDataError, UsageError
+from bids_qnet.inputs.scans import Scan
 from bids_qnet.models.qnet import QNet
+from bids_qnet.outputs.derivatives import sidecar_path
+from bids_qnet.outputs.integrity import file_sha256
+from bids_qnet.outputs.names import ModelFiles, saved_participant_settings
+from bids_qnet.training.checkpoints import load_state
+from bids_qnet.training.registry import SCAN_MODEL, SLICE_MODEL
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,32 +60,34 @@ class FoldNetworks:
 
 def checksums(folder: Path) -> dict[str, str]:
     """Return the SHA-256 of the fold's checkpoints as ``done.json`` records them, else computed."""
+    files = ModelFiles(folder)
     try:
-        recorded = json.loads((folder / "done.json").read_text()).get("SHA256") or {}
+        recorded = json.loads(files.done.read_text()).get("SHA256") or {}
     except (OSError, json.JSONDecodeError):
         recorded = {}
-    names = [n for n in ("ResNetSWA.pt", "QNet.pt") if (folder / n).is_file()]
+    paths = {files.checkpoint_name(m): files.checkpoint(m) for m in (SLICE_MODEL, SCAN_MODEL)}
     return {
-        n: recorded[n] if isinstance(recorded.get(n), str) else file_sha256(folder / n)
-        for n in names
+        name: recorded[name] if isinstance(recorded.get(name), str) else file_sha256(path)
+        for name, path in paths.items()
+        if path.is_file()
     }
 
 
-def load_qnet(path: Path, n_classes: int, sha256: str | None = None) -> QNet:
-    """Load a fold's ``QNet.pt`` (stage-2 defaults for the hidden size and dropout)."""
-    from bids_qnet.training.stage1 import load_state
-    from bids_qnet.training.stage2 import Stage2Config, build_qnet
+def load_qnet(
+    path: Path, n_classes: int, sha256: str | None = None
+) -> tuple[QNet, nn.Module | None]:
+    """Load a fold's ``QNet.pt``: the Bi-LSTM (sizes read from the state) and its read-out."""
+    from bids_qnet.training.estimators import split_readout
+    from bids_qnet.training.stage2 import qnet_from_state
 
-    state = load_state(path, sha256)
+    state, readout = split_readout(load_state(path, sha256))
     try:
-        in_features = int(state["lstm.weight_ih_l0"].shape[1])
-        model = build_qnet(n_classes, Stage2Config(), in_features)
-        model.load_state_dict(state)
-    except (KeyError, IndexError, RuntimeError) as exc:
+        model = qnet_from_state(state, n_classes)
+    except UsageError as exc:
         raise InputDataError(
             f"{path} does not fit a Q-Net with {n_classes} classes: {exc}"
         ) from exc
-    return model.eval()
+    return model.eval(), readout
 
 
 def trained_networks(
@@ -92,15 +97,23 @@ def trained_networks(
 
     ``sums``: expected SHA-256 per file name; a checkpoint that differs is refused.
     """
-    from bids_qnet.models.resnet import features
-    from bids_qnet.training.stage1 import load_classifier, load_state
+    from bids_qnet.models.regional import RegionalNet
+    from bids_qnet.training.estimators import load_network
+    from bids_qnet.training.stage1 import trunk_of
 
     sums = sums or {}
-    state = load_state(folder / "ResNetSWA.pt", sums.get("ResNetSWA.pt"))
-    classifier = load_classifier(state, n_channels, n_classes)
+    files = ModelFiles(folder)
+    checksum = sums.get(files.checkpoint_name(SLICE_MODEL))
+    state = load_state(files.checkpoint(SLICE_MODEL), checksum)
+    classifier = load_network(state, n_channels, n_classes)
+    checksum = sums.get(files.checkpoint_name(SCAN_MODEL))
+    qnet, readout = load_qnet(files.checkpoint(SCAN_MODEL), n_classes, checksum)
+    if isinstance(classifier, RegionalNet):  # the stored slices as they are; no Grad-CAM
+        identity = nn.Identity()
+        scan_model = SliceToScan(trunk_of(classifier), qnet, identity, identity, False, readout)
+        return FoldNetworks(scan_model, None, int(image_size))
     geometry, normalise = stage1_geometry(image_size, n_channels)
-    qnet = load_qnet(folder / "QNet.pt", n_classes, sums.get("QNet.pt"))
-    scan_model = SliceToScan(features(classifier), qnet, geometry, normalise, stretch=True)
+    scan_model = SliceToScan(trunk_of(classifier), qnet, geometry, normalise, True, readout)
     slice_model = SliceClassifier(classifier, geometry, normalise)
     return FoldNetworks(scan_model, slice_model, int(image_size))
 
@@ -130,10 +143,8 @@ def backbone_spec(scan: Scan, default_seed: int) -> BackboneSpec:
         )
     weights = meta["WeightsFile"] if source == "file" else source
     seed = default_seed
-    logs = sorted((scan.slices.parents[1] / "log").glob("*/bids_qnet_settings*.json"))
-    if scan.session:
-        logs = [p for p in logs if p.name == f"bids_qnet_settings_ses-{scan.session}.json"]
-    for path in reversed(logs):
+    participant = scan.slices.parents[2 if scan.session else 1]  # sub-<label>/[ses-<label>/]anat
+    for path in reversed(saved_participant_settings(participant, scan.session)):
         saved = json.loads(path.read_text())
         if saved.get("image_size") == image_size and saved.get("random_seed") is not None:
             seed = int(saved["random_seed"])
@@ -145,12 +156,14 @@ def frozen_networks(
     folder: Path, spec: BackboneSpec, n_channels: int, n_classes: int, sums: dict | None = None
 ) -> FoldNetworks:
     """Networks of a fold trained with ``--stage1 frozen``: participant backbone + ``QNet.pt``."""
-    from bids_qnet.embed import load_backbone
+    from bids_qnet.models.embedding import load_backbone
 
     backbone, _ = load_backbone(spec.weights, n_channels, spec.seed)
     geometry, normalise = participant_geometry(spec.image_size, n_channels)
-    qnet = load_qnet(folder / "QNet.pt", n_classes, (sums or {}).get("QNet.pt"))
-    scan_model = SliceToScan(backbone, qnet, geometry, normalise, stretch=False)
+    files = ModelFiles(folder)
+    checksum = (sums or {}).get(files.checkpoint_name(SCAN_MODEL))
+    qnet, readout = load_qnet(files.checkpoint(SCAN_MODEL), n_classes, checksum)
+    scan_model = SliceToScan(backbone, qnet, geometry, normalise, False, readout)
     return FoldNetworks(scan_model, None, spec.image_size)
 
 
@@ -205,11 +218,13 @@ def fold_networks(
     device: torch.device,
     sums: dict[str, str] | None = None,
 ) -> FoldNetworks:
-    """Return the networks of the fold in ``folder`` for ``settings.stage1``, on ``device``."""
-    if settings.stage1 == "train":
-        networks = trained_networks(folder, n_channels, n_classes, settings.image_size, sums)
+    """Return the networks of the fold in ``folder`` for ``--stage1``, on ``device``."""
+    if settings.training.stage1 == "train":
+        networks = trained_networks(
+            folder, n_channels, n_classes, settings.embedding.image_size, sums
+        )
     else:
-        spec = backbone_spec(scan, settings.random_seed)
+        spec = backbone_spec(scan, settings.execution.random_seed)
         networks = frozen_networks(folder, spec, n_channels, n_classes, sums)
     _to(networks.scan_model, device)
     if networks.slice_model is not None:

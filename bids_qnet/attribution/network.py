@@ -9,8 +9,11 @@ back to the pixels of every slice:
 * ``--stage1 train``: the stage-1 test transform (:func:`bids_qnet.training.augment.test_transform`:
   per-image histogram stretch, pad to a square, centre crop, resize, ImageNet normalisation),
   the fold's ResNetSWA without its head, then the fold's Q-Net;
+* ``--preset quantitative``: the slices as stored (no stretch, no resizing; the regional
+  network standardises them itself), the fold's regional ResNetSWA without its head (it is told
+  each slice's position), the fold's Q-Net, plus Q-Net's regional read-out of the same slices;
 * ``--stage1 frozen``: the participant level's preprocessing
-  (:func:`bids_qnet.embed.embed_slices`: pad to a square, resize, normalisation), the
+  (:func:`bids_qnet.models.embedding.embed_slices`: pad to a square, resize, normalisation), the
   participant level's backbone, then the fold's Q-Net.
 
 The per-image histogram stretch is invariant to the scale and offset of its input, so a straight
@@ -31,8 +34,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from bids_qnet.embed import IMAGENET_MEAN, IMAGENET_STD, _square_resize
 from bids_qnet.errors import InputDataError
+from bids_qnet.models.embedding import channel_statistics, square_resize
 from bids_qnet.models.qnet import QNet
 from bids_qnet.training.augment import HistogramStretch, test_transform
 
@@ -47,16 +50,13 @@ class SquareResize(nn.Module):
         self.size = int(size)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return _square_resize(x, self.size)
+        return square_resize(x, self.size)
 
 
 def normalisation(n_channels: int) -> v2.Normalize:
     """Return the ImageNet normalisation the embedding code uses for ``n_channels`` channels."""
-    if int(n_channels) == 3:
-        return v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))
-    mean = [sum(IMAGENET_MEAN) / 3.0] * int(n_channels)
-    std = [sum(IMAGENET_STD) / 3.0] * int(n_channels)
-    return v2.Normalize(mean, std)
+    mean, std = channel_statistics(n_channels)
+    return v2.Normalize(list(mean), list(std))
 
 
 def stage1_geometry(image_size: int, n_channels: int) -> tuple[nn.Module, nn.Module]:
@@ -78,7 +78,7 @@ def stage1_geometry(image_size: int, n_channels: int) -> tuple[nn.Module, nn.Mod
 def participant_geometry(image_size: int, n_channels: int) -> tuple[nn.Module, nn.Module]:
     """Return the participant level's geometric preprocessing and normalisation.
 
-    See :func:`bids_qnet.embed.embed_slices`; both parts as for :func:`stage1_geometry`.
+    See :func:`bids_qnet.models.embedding.embed_slices`; both parts as for :func:`stage1_geometry`.
     """
     return SquareResize(image_size), normalisation(n_channels)
 
@@ -99,11 +99,15 @@ class SliceToScan(nn.Module):
     stretch : bool
         Whether the stage-1 per-image histogram stretch comes first (``--stage1 train``); it is
         applied by :meth:`to_input`, not by :meth:`forward`.
+    readout : torch.nn.Module, optional
+        Q-Net's regional read-out (:class:`bids_qnet.models.readout.RegionalReadout`), whose
+        logits of the attributed input are added to the Bi-LSTM's.
 
     Notes
     -----
-    Every sequence of a batch has all ``T`` slices (attribution works one participant at a
-    time); the model is put in eval mode (dropout off, BatchNorm statistics fixed).
+    Every sequence of a batch has all ``T`` slices (scans attributed together have stacks of one
+    shape); the model is put in eval mode (dropout off, BatchNorm statistics fixed), so the
+    sequences of a batch do not interact.
     """
 
     def __init__(
@@ -113,9 +117,11 @@ class SliceToScan(nn.Module):
         geometry: nn.Module,
         normalise: nn.Module,
         stretch: bool,
+        readout: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.readout = readout
         self.qnet = qnet
         self.geometry = geometry
         self.normalise = normalise
@@ -137,11 +143,16 @@ class SliceToScan(nn.Module):
         self._check(x)
         b, t = x.shape[:2]
         images = self.normalise(self.geometry(x.flatten(0, 1)))
+        if getattr(self.backbone, "uses_positions", False):
+            positions = torch.arange(t, device=x.device).repeat(b)
+            return self.backbone(images, positions).reshape(b, t, -1)
         return self.backbone(images).reshape(b, t, -1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the ``(B, K)`` scan logits of attributed inputs ``x`` (see :meth:`to_input`)."""
         _, scan_logits = self.qnet(self.features(x))
+        if self.readout is not None:
+            scan_logits = scan_logits + self.readout(x)
         return scan_logits
 
     def scan_logits(self, slices: Tensor) -> Tensor:

@@ -19,11 +19,9 @@ import numpy as np
 import pandas as pd
 
 from bids_qnet.attribution.regions import MIN_VOLUME_MM3
-from bids_qnet.derivatives import ENTITY_ORDER, write_atomic, write_json, write_sidecar
-
-FOLDER = "attribution"
-SUFFIX = "attribution"
-REGIONS_TSV = "desc-attribution_regions.tsv"
+from bids_qnet.outputs.atomic import write_atomic, write_json, write_table
+from bids_qnet.outputs.derivatives import sidecar_path, write_sidecar
+from bids_qnet.outputs.names import GroupFiles
 
 
 def label_value(text: str) -> str:
@@ -34,9 +32,7 @@ def label_value(text: str) -> str:
 
 def map_path(output_dir: Path, entities: dict[str, str | None], desc: str) -> Path:
     """Return ``<output_dir>/attribution/<entities>_desc-<desc>_attribution.nii.gz``."""
-    values = {**entities, "desc": desc}
-    parts = [f"{k}-{values[k]}" for k in ENTITY_ORDER if values.get(k) not in (None, "")]
-    return Path(output_dir) / FOLDER / ("_".join([*parts, SUFFIX]) + ".nii.gz")
+    return GroupFiles(Path(output_dir)).attribution_map(entities, desc)
 
 
 def write_map(path: Path, data: np.ndarray, affine: np.ndarray, metadata: dict[str, Any]) -> Path:
@@ -81,9 +77,9 @@ def read_map(path: Path) -> np.ndarray:
 
 def write_region_table(output_dir: Path, table: pd.DataFrame, metadata: dict[str, Any]) -> Path:
     """Write ``desc-attribution_regions.tsv`` at the root and its sidecar (columns described)."""
-    path = Path(output_dir) / REGIONS_TSV
-    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
-    write_json(path.with_suffix(".json"), {**column_descriptions(table), **metadata})
+    path = GroupFiles(Path(output_dir)).attribution_regions
+    write_table(path, table, float_format="%.6g")
+    write_json(sidecar_path(path), {**column_descriptions(table), **metadata})
     return path
 
 
@@ -138,8 +134,8 @@ def model_config(settings, plan, networks, models: dict[str, str]) -> dict[str, 
     :func:`reusable` compares them.
     """
     return {
-        "Steps": int(settings.ig_steps),
-        "Stage1": settings.stage1,
+        "Steps": int(settings.attribution.ig_steps),
+        "Stage1": settings.training.stage1,
         "ImageSize": int(networks.image_size),
         "Fold": plan.fold,
         "Repeat": plan.repeat,
@@ -151,7 +147,7 @@ def reusable(path: Path, config: dict[str, Any]) -> bool:
     """Whether ``path`` is complete and its sidecar's ``Config`` equals ``config`` (resume)."""
     import json
 
-    from bids_qnet.derivatives import is_complete, sidecar_path
+    from bids_qnet.outputs.derivatives import is_complete
 
     if not is_complete(path):
         return False
@@ -163,7 +159,7 @@ def reusable(path: Path, config: dict[str, Any]) -> bool:
 
 def scan_entities(scan) -> dict[str, str | None]:
     """Return the ``sub``, ``ses``, ``space`` and ``res`` entities of a scan's outputs."""
-    from bids_qnet.attribution.volumes import space_entities
+    from bids_qnet.preprocess.crop_grid import space_entities
 
     entities = {"sub": scan.participant_id.removeprefix("sub-"), "ses": scan.session}
-    return {**entities, **space_entities(scan)}
+    return {**entities, **space_entities(scan.slices)}

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from bids_qnet.errors import InputDataError, UsageError
-from bids_qnet.group_inputs import Scan
+from bids_qnet.inputs.scans import Scan
+from bids_qnet.outputs.names import SPLITS
+from bids_qnet.training.registry import SCAN_MODEL, SLICE_MODEL
 
 TARGETS = ("true", "predicted")
 
@@ -100,9 +102,9 @@ def plan_scans(
         if scan.participant_id not in labels:
             continue
         if scan.participant_id not in fold_of:
-            raise InputDataError(f"{scan.participant_id} has no fold in desc-cv_splits.tsv")
-        qnet = _row(scan_rows, scan, "QNet")
-        swa = _row(scan_rows, scan, "ResNetSWA", required=False)
+            raise InputDataError(f"{scan.participant_id} has no fold in {SPLITS}")
+        qnet = _row(scan_rows, scan, SCAN_MODEL)
+        swa = _row(scan_rows, scan, SLICE_MODEL, required=False)
         logits = _logits(qnet)
         label, predicted = int(labels[scan.participant_id]), int(np.argmax(logits))
         cam_predicted = int(swa["prediction"]) if swa is not None else predicted

@@ -190,23 +190,15 @@ def region_table(
     counts = np.array([int((labels == i).sum()) for i in indices], dtype=float)
     density = region_sums(maps, labels, indices) / counts[None, :, None]  # (N, R, C)
     present = [k for k in range(len(class_names)) if (classes == k).any()]
-    class_density = {k: density[classes == k].mean(axis=0) for k in present}  # (R, C)
-    class_maps = {k: maps[classes == k].mean(axis=0).sum(axis=0) for k in present}
-    if positive is not None and positive in present and len(present) == 2:
-        other = next(k for k in present if k != positive)
-        contrast = class_density[positive] - class_density[other]
-        contrast_map = class_maps[positive] - class_maps[other]
-    else:
-        contrast = density.mean(axis=0)
-        contrast_map = maps.mean(axis=0).sum(axis=0)
+    class_density, class_maps, contrast, contrast_map = _contrasts(
+        maps, density, classes, present, positive
+    )
     table = pd.DataFrame({"region": list(regions), "index": indices, "voxels": counts.astype(int)})
     table["volume_mm3"] = counts * float(voxel_mm3)
     table["density_contrast"] = contrast.sum(axis=1)
     for c, channel in enumerate(channels):
         table[f"density_contrast_{channel}"] = contrast[:, c]
-    weights = np.abs(contrast)
-    total = weights.sum(axis=1, keepdims=True)
-    shares = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+    shares = _channel_shares(contrast)
     for c, channel in enumerate(channels):
         table[f"share_{channel}"] = shares[:, c]
     table["mass_contrast"] = positive_mass(contrast_map, labels, indices)
@@ -217,6 +209,31 @@ def region_table(
     table = table.sort_values(["small", "density_contrast"], ascending=[True, False], kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True)
+
+
+def _channel_shares(contrast: np.ndarray) -> np.ndarray:
+    """Each channel's share of a region's absolute contrast, ``(R, C)`` (0 where none)."""
+    weights = np.abs(contrast)
+    total = weights.sum(axis=1, keepdims=True)
+    return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+
+
+def _contrasts(maps, density, classes, present, positive):
+    """Class averages (region densities, summed maps) and the contrast that ranks the regions.
+
+    Two classes with a positive one: the positive class minus the other; otherwise the mean
+    over all participants.
+    """
+    class_density = {k: density[classes == k].mean(axis=0) for k in present}  # (R, C)
+    class_maps = {k: maps[classes == k].mean(axis=0).sum(axis=0) for k in present}
+    if positive is not None and positive in present and len(present) == 2:
+        other = next(k for k in present if k != positive)
+        contrast = class_density[positive] - class_density[other]
+        contrast_map = class_maps[positive] - class_maps[other]
+    else:
+        contrast = density.mean(axis=0)
+        contrast_map = maps.mean(axis=0).sum(axis=0)
+    return class_density, class_maps, contrast, contrast_map
 
 
 def localisation(

@@ -31,7 +31,7 @@ def load_json(relative_path: str) -> dict[str, Any]:
 
 
 def registration_profile(name_or_path: str) -> dict[str, Any]:
-    """Return a registration profile by built-in name (``precise``, ``fast``) or JSON path.
+    """Return a registration profile by built-in name (``precise``, ``focused``...) or path.
 
     Parameters
     ----------
@@ -41,7 +41,9 @@ def registration_profile(name_or_path: str) -> dict[str, Any]:
     Returns
     -------
     dict
-        The profile, with ``coregistration``, ``normalisation`` and ``quality`` sections.
+        The profile, with ``coregistration``, ``normalisation`` and ``quality`` sections and
+        optionally ``focus`` (``{"margin_mm": MM}``: the SyN stage covers only the crop box grown
+        by MM, see :func:`bids_qnet.preprocess.registration.normalise`).
     """
     builtin = DATA_DIR / "registration" / f"{name_or_path}.json"
     path = builtin if builtin.is_file() else Path(name_or_path)
@@ -52,14 +54,44 @@ def registration_profile(name_or_path: str) -> dict[str, Any]:
             f"({', '.join(names)}) nor an existing JSON file"
         )
     try:
-        profile = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        profile = json.loads(path.read_bytes())
+    except ValueError as exc:  # not JSON, not UTF-8
         raise UsageError(f"registration profile {path} is not valid JSON: {exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"registration profile {path} cannot be read: {exc.strerror}") from exc
+    if not isinstance(profile, dict):
+        raise UsageError(f"registration profile {path} is not a JSON object")
     missing = {"coregistration", "normalisation", "quality"} - set(profile)
     if missing:
         raise UsageError(f"registration profile {path} lacks section(s) {sorted(missing)}")
+    odd = [
+        k
+        for k in ("coregistration", "normalisation", "quality")
+        if not isinstance(profile[k], dict)
+    ]
+    if odd:
+        raise UsageError(f"registration profile {path}: section(s) {odd} must be JSON objects")
+    _check_focus(profile.get("focus"), path)
     profile.setdefault("name", path.stem)
     return profile
+
+
+def _check_focus(focus: Any, path: Path) -> None:
+    """Check a profile's optional ``focus`` section: ``{"margin_mm": <mm, at least 0>}``."""
+    if focus is None:
+        return
+    margin = focus.get("margin_mm") if isinstance(focus, dict) else None
+    if (
+        not isinstance(focus, dict)
+        or set(focus) != {"margin_mm"}
+        or isinstance(margin, bool)
+        or not isinstance(margin, int | float)
+        or not margin >= 0
+    ):
+        raise UsageError(
+            f"registration profile {path}: 'focus' must be {{\"margin_mm\": MM}} with MM >= 0 "
+            f"(the margin around the crop box that the SyN stage covers), got {focus!r}"
+        )
 
 
 def channel_defaults(suffix: str) -> dict[str, Any]:

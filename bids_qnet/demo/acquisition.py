@@ -54,6 +54,35 @@ def _forward(pose) -> np.ndarray:
     return matrix
 
 
+def template_points_shown(pose: dict, scanner_mm: np.ndarray, box: Sequence) -> np.ndarray:
+    """Return the template points a scan shows at some scanner points (the ground truth).
+
+    Follows the conventions written to ``truth.json``: a scan shows at scanner point ``y`` the
+    template point ``p + d(p)`` with ``p = pose^-1(y)``.
+
+    Parameters
+    ----------
+    pose : dict
+        One scan's pose as ``truth.json`` holds it (``rotation_deg``, ``scale``,
+        ``translation_mm``, ``warp_mm``).
+    scanner_mm : numpy.ndarray
+        ``(N, 3)`` scanner points in mm (RAS, as NIfTI affines give them).
+    box : sequence
+        ``truth.json``'s ``warp_box_mm``: lower and upper corners (template mm) of the warp's
+        cosine series.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 3)`` template points in mm (RAS).
+    """
+    points = np.asarray(scanner_mm, dtype=float).reshape(-1, 3)
+    inverse = np.linalg.inv(_forward(pose))
+    template = points @ inverse[:3, :3].T + inverse[:3, 3]
+    warp = _cosine_field(template.T, np.asarray(pose["warp_mm"], float), np.asarray(box, float))
+    return template + warp.T
+
+
 def _grid(head, brain, voxel, axes, slab) -> tuple[tuple[int, ...], np.ndarray]:
     """Cover the head (only the brain along the slab axis) with ``voxel`` mm along ``axes``."""
     local = head @ axes
@@ -108,9 +137,9 @@ def _sample(volume, coords) -> np.ndarray:
     return ndi.map_coordinates(volume, coords, output=np.float32, order=1, prefilter=False)
 
 
-def _noise(rng, shape, suffix) -> np.ndarray:
+def _noise(rng, shape, suffix, levels=None) -> np.ndarray:
     noise = rng.standard_normal(shape, dtype=np.float32)
-    noise *= np.float32(NOISE[suffix])
+    noise *= np.float32((levels or NOISE)[suffix])
     return noise
 
 
@@ -122,6 +151,7 @@ def simulate_scan(
     voxel: Sequence[float],
     t1w_on_gre: bool,
     rng: np.random.Generator,
+    noise_levels: dict[str, float] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Resample one scan onto its grids and add noise.
 
@@ -139,6 +169,8 @@ def simulate_scan(
         T1w on the GRE grid, else on its own 1 mm axis-aligned grid.
     rng : numpy.random.Generator
         The participant's random stream (noise).
+    noise_levels : dict, optional
+        Per-voxel noise SD of each suffix (default :data:`NOISE`).
 
     Returns
     -------
@@ -153,14 +185,16 @@ def simulate_scan(
     r2s_map = _sample(r2s, coords)
     mask = r2s_map > TISSUES["CSF"][2] / 2  # brain mask, as QSM pipelines output
     chi_map = np.zeros(shape, np.float32)
-    chi_map[mask] = _sample(chi, coords[:, mask]) + _noise(rng, mask.sum(), "Chimap")
+    chi_noise = _noise(rng, mask.sum(), "Chimap", noise_levels)
+    chi_map[mask] = _sample(chi, coords[:, mask]) + chi_noise
     r2s_map[~mask] = 0
-    r2s_map[mask] = np.maximum(r2s_map[mask] + _noise(rng, mask.sum(), "R2starmap"), 0.1)
+    r2s_noise = _noise(rng, mask.sum(), "R2starmap", noise_levels)
+    r2s_map[mask] = np.maximum(r2s_map[mask] + r2s_noise, 0.1)
     t1w_affine = gre
     if not t1w_on_gre:
         shape, t1w_affine = _grid(head, brain, np.ones(3), np.eye(3), slab=False)
         coords, bias = _pull(phantom, pose, shape, t1w_affine)
     signal = _sample(phantom.t1w, coords) * bias * np.float32(T1W_WM)
-    noise = _noise(rng, (2, *shape), "T1w") * np.float32(T1W_WM)
+    noise = _noise(rng, (2, *shape), "T1w", noise_levels) * np.float32(T1W_WM)
     t1w = np.round(np.hypot(signal + noise[0], noise[1]))  # Rician magnitude, integers like DICOM
     return {"Chimap": (chi_map, gre), "R2starmap": (r2s_map, gre), "T1w": (t1w, t1w_affine)}

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bids_qnet import CODE_URL, __version__
-from bids_qnet.reference import load_reference
+from bids_qnet.inputs.reference import load_reference
 
 DEMO_NAME = "bids_qnet synthetic demo (simulated data, no real participants)"
 LICENSE = "CC-BY-NC-4.0"  # the Neuromorphometrics atlas the phantom derives from is CC BY-NC

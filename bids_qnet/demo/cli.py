@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bids_qnet import __version__
-from bids_qnet.demo.dataset import T1W_GRIDS, make_demo_dataset
+from bids_qnet.demo.dataset import T1W_GRIDS, VARIABILITY, make_demo_dataset
+from bids_qnet.demo.effects import EFFECT_KINDS, R2S_PER_PPM
 from bids_qnet.demo.phantom import DEFAULT_PLANTED
 from bids_qnet.errors import EXIT_CANT_CREATE, QNetError, UsageError
 
@@ -42,7 +43,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REGION",
         help="atlas regions with more iron in patients",
     )
-    add("--iron-effect", type=float, default=0.5, help="relative iron increase in patients")
+    add(
+        "--iron-effect",
+        type=float,
+        default=0.5,
+        help="relative iron increase in patients (--effect-kind scale)",
+    )
+    add(
+        "--effect-kind",
+        choices=EFFECT_KINDS,
+        default="scale",
+        help="scale: relative increase; offset: ppm added; gradient: zero-mean "
+        "posterior-to-anterior ramp inside each planted region",
+    )
+    add("--effect-ppm", type=float, help="size of an offset or gradient effect in ppm")
+    add(
+        "--effect-sd",
+        type=float,
+        help="size of an offset or gradient effect in between-participant SDs",
+    )
+    add(
+        "--r2s-per-ppm",
+        type=float,
+        default=R2S_PER_PPM,
+        help="R2* change (1/s) per ppm of susceptibility change",
+    )
+    add(
+        "--variability",
+        choices=VARIABILITY,
+        default="demo",
+        help="demo: quick, strong effects; realistic: cohort-like regional variability, "
+        "ageing, background fields and noise",
+    )
     add("--truth-dir", type=Path, help="ground-truth folder (default: OUT_DIR_truth)")
     add("--overwrite", action="store_true", help="replace an earlier demo dataset")
     add("-v", "--verbose", action="count", default=0, help="more messages")
@@ -72,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             planted_regions=args.planted_regions,
             iron_effect=args.iron_effect,
+            effect_kind=args.effect_kind,
+            effect_ppm=args.effect_ppm,
+            effect_sd=args.effect_sd,
+            r2s_per_ppm=args.r2s_per_ppm,
+            variability=args.variability,
             t1w_grid=args.t1w_grid,
             resolution=args.resolution,
             sessions=args.sessions,

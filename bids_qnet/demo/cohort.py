@@ -10,7 +10,23 @@ import numpy as np
 import pandas as pd
 
 from bids_qnet.demo.acquisition import draw_pose, simulate_scan
-from bids_qnet.demo.phantom import SEGMENTS, Phantom, regional_values, template_maps
+from bids_qnet.demo.effects import Effect, PlantedRegion
+from bids_qnet.demo.phantom import (
+    SEGMENTS,
+    Phantom,
+    realistic_regional_values,
+    regional_values,
+    smooth_field,
+    template_maps,
+)
+
+#: Per-voxel noise of each variability model: chi (ppm), R2* (1/s), T1w (fraction of WM).
+NOISE = {
+    "demo": {"Chimap": 0.01, "R2starmap": 1.5, "T1w": 0.02},
+    "realistic": {"Chimap": 0.004, "R2starmap": 0.8, "T1w": 0.02},
+}
+#: Realistic cohorts: SD of the residual background field (ppm) and of the R2* bias (relative).
+BACKGROUND_PPM, R2S_BIAS = 0.004, 0.03
 
 
 def participants_table(n: int, seed: int) -> pd.DataFrame:
@@ -49,7 +65,7 @@ def simulate_participant(
     row,
     rng: np.random.Generator,
     phantom: Phantom,
-    planted: np.ndarray,
+    planted: list[PlantedRegion],
     settings: dict,
     t1w_on_gre: bool,
 ) -> tuple[dict, dict]:
@@ -63,10 +79,11 @@ def simulate_participant(
         The participant's random stream.
     phantom : Phantom
         The template-space phantom.
-    planted : numpy.ndarray
-        Flat indices of the phantom voxels with more iron in patients.
+    planted : list of PlantedRegion
+        The regions with more iron in patients.
     settings : dict
-        ``iron_effect``, ``sessions`` and ``gre_voxel_mm`` of `make_demo_dataset`.
+        ``effect`` (an `Effect`), ``variability``, ``sessions`` and ``gre_voxel_mm`` of
+        `make_demo_dataset`.
     t1w_on_gre : bool
         T1w on the GRE grid, else on its own grid.
 
@@ -77,20 +94,30 @@ def simulate_participant(
     record : dict
         The participant's ground truth: row, effect factor, T1w grid, regional values and poses.
     """
-    values = regional_values(rng, float(row.age))
+    realistic = settings["variability"] == "realistic"
+    draw_values = realistic_regional_values if realistic else regional_values
+    values = draw_values(rng, float(row.age))
     u = rng.uniform(0.6, 1.4)  # drawn for everyone: the group does not shift the random stream
-    factor = 1.0 + settings["iron_effect"] * u if row.group == "HH" else 1.0
+    effect: Effect = settings["effect"]
+    patient = row.group == "HH" and effect.size > 0
     n = settings["sessions"]
     poses = {f"ses-{s + 1:02d}" if n > 1 else "": draw_pose(rng) for s in range(n)}
-    chi, r2s = template_maps(phantom, values, planted, factor)
+    chi, r2s = template_maps(phantom, values, planted, effect if patient else None, u)
+    if realistic:  # residual background field in chi, receive-bias-like field in R2*
+        chi += smooth_field(phantom, rng, BACKGROUND_PPM)
+        r2s *= np.exp(smooth_field(phantom, rng, R2S_BIAS))
+    noise = NOISE[settings["variability"]]
     scans = {
-        session: simulate_scan(phantom, chi, r2s, pose, settings["gre_voxel_mm"], t1w_on_gre, rng)
+        session: simulate_scan(
+            phantom, chi, r2s, pose, settings["gre_voxel_mm"], t1w_on_gre, rng, noise
+        )
         for session, pose in poses.items()
     }
     record = {
         **row._asdict(),
         "age": int(row.age),
-        "effect_factor": factor,
+        "effect_factor": 1.0 + effect.size * u if patient and effect.kind == "scale" else 1.0,
+        "effect": {**effect.to_dict(), "size": effect.size * u if patient else 0.0},
         "t1w_grid": "gre" if t1w_on_gre else "separate",
         "regional_values": dict(zip(SEGMENTS[1:], values.tolist(), strict=True)),
         "scans": [{"session": s or None, **pose} for s, pose in poses.items()],

@@ -14,7 +14,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage as ndi
 
-from bids_qnet.reference import atlas_on_grid, load_reference, template_on_grid
+from bids_qnet.demo.effects import Effect, PlantedRegion, apply_effect
+from bids_qnet.inputs.reference import atlas_on_grid, load_reference, template_on_grid
 
 DEFAULT_PLANTED = ("Left_Pallidum", "Right_Pallidum", "Left_Putamen", "Right_Putamen")
 # 3 T adults: chi (ppm), its slope (ppm/yr over 30), R2* (1/s), its slope, T1w (white matter = 1)
@@ -28,6 +29,8 @@ TISSUES = {
     "Thalamus_Proper": (0.0, 0.0, 22.0, 0.0, 0.84),
     "Accumbens_Area": (0.03, 0.0, 20.0, 0.0, 0.70),
 }
+# Ageing of iron-rich nuclei after 40: chi (ppm/yr), R2* (1/s/yr), in realistic cohorts
+AGE_SLOPES = {"Caudate": (0.0003, 0.04), "Putamen": (0.001, 0.13), "Pallidum": (0.001, 0.13)}
 NUCLEI = tuple(f"{side}_{name}" for name in list(TISSUES)[3:] for side in ("Left", "Right"))
 SEGMENTS = ("background", "CSF", "GM", "WM", *NUCLEI)
 _VALUES = np.array([TISSUES[s.removeprefix("Left_").removeprefix("Right_")] for s in SEGMENTS[1:]])
@@ -154,8 +157,58 @@ def regional_values(rng: np.random.Generator, age: float) -> np.ndarray:
     return np.stack([chi + rng.normal(0, 0.006 * sd), r2s + rng.normal(0, 1.2 * sd)], axis=1)
 
 
+def realistic_regional_values(rng: np.random.Generator, age: float) -> np.ndarray:
+    """Draw chi and R2* of each segment as real cohorts vary (CONVENTIONS section 6).
+
+    Susceptibility varies between participants by about 15 % (SD) of the regional value (at
+    least 0.003 ppm), R2* by about 8 %; left and right nuclei of one kind correlate (0.6) and R2*
+    follows susceptibility (0.6). Putamen and pallidum gain 0.001 ppm and 0.13 1/s a year after
+    40, the caudate a third of that.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The participant's random stream.
+    age : float
+        Age in years.
+
+    Returns
+    -------
+    numpy.ndarray
+        (len(SEGMENTS) - 1, 2): chi (ppm) and R2* (1/s).
+    """
+    kinds = [s.removeprefix("Left_").removeprefix("Right_") for s in SEGMENTS[1:]]
+    shared = {kind: rng.standard_normal() for kind in dict.fromkeys(kinds)}
+    own = rng.standard_normal((len(kinds), 2))
+    z = np.array([shared[k] for k in kinds]) * math.sqrt(0.6) + own[:, 0] * math.sqrt(0.4)
+    z_r2s = 0.6 * z + 0.8 * own[:, 1]
+    years = max(float(age) - 40.0, 0.0)
+    chi, r2s = _VALUES[:, 0].copy(), _VALUES[:, 2].copy()
+    for i, kind in enumerate(kinds):
+        chi[i] += years * AGE_SLOPES.get(kind, (0.0, 0.0))[0]
+        r2s[i] += years * AGE_SLOPES.get(kind, (0.0, 0.0))[1]
+    chi = chi + regional_sd(chi) * z
+    r2s = r2s * (1.0 + 0.08 * z_r2s)
+    return np.stack([chi, r2s], axis=1)
+
+
+def base_susceptibility(segments) -> np.ndarray:
+    """Return the chi (ppm) of segments (names of ``SEGMENTS``; others count as grey matter)."""
+    index = {name: i for i, name in enumerate(SEGMENTS[1:])}
+    return _VALUES[[index.get(s, index["GM"]) for s in segments], 0]
+
+
+def regional_sd(chi: np.ndarray) -> np.ndarray:
+    """Return the between-participant SD (ppm) of susceptibility for regional values ``chi``."""
+    return 0.15 * np.maximum(np.abs(chi), 0.02)
+
+
 def template_maps(
-    phantom: Phantom, values: np.ndarray, planted: np.ndarray, factor: float
+    phantom: Phantom,
+    values: np.ndarray,
+    regions: list[PlantedRegion] | None = None,
+    effect: Effect | None = None,
+    u: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paint susceptibility and R2* in template space, smoothed (1 mm) like partial volume.
 
@@ -165,10 +218,12 @@ def template_maps(
         The template-space phantom.
     values : numpy.ndarray
         Chi and R2* of each segment but background, from `regional_values`.
-    planted : numpy.ndarray
-        Flat indices of the phantom voxels with more iron in patients.
-    factor : float
-        Multiplies positive chi and all R2* of the ``planted`` voxels (1 for controls).
+    regions : list of PlantedRegion, optional
+        The planted regions.
+    effect : Effect, optional
+        The patient's effect (None for controls).
+    u : float
+        The patient's multiplier of the effect size.
 
     Returns
     -------
@@ -177,9 +232,34 @@ def template_maps(
     """
     lut = np.vstack([[0.0, 0.0], values]).astype(np.float32)
     chi, r2s = lut[:, 0][phantom.seg], lut[:, 1][phantom.seg]
-    if factor != 1.0:
-        excess = chi.flat[planted]
-        chi.flat[planted] = np.where(excess > 0, excess * np.float32(factor), excess)
-        r2s.flat[planted] *= np.float32(factor)
+    if effect is not None and regions:
+        apply_effect(chi, r2s, regions, effect, u)
     sigma = 1.0 / phantom.resolution
     return ndi.gaussian_filter(chi, sigma), ndi.gaussian_filter(r2s, sigma)
+
+
+def smooth_field(phantom: Phantom, rng: np.random.Generator, sd: float) -> np.ndarray:
+    """Draw a smooth random field (cosine series up to order 2 per axis) of about ``sd`` SD.
+
+    Parameters
+    ----------
+    phantom : Phantom
+        Gives the grid.
+    rng : numpy.random.Generator
+        The participant's random stream.
+    sd : float
+        Approximate standard deviation of the field over the grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 field on the phantom grid.
+    """
+    order = np.add.outer(np.add.outer(np.arange(3), np.arange(3)), np.arange(3)).astype(float)
+    order[0, 0, 0] = np.inf  # no constant: a level is what the cohort's regions already vary by
+    coef = rng.normal(0.0, 1.0, (3, 3, 3)) / order
+    coef *= sd / max(float(np.sqrt((coef**2).sum() / 8)), 1e-12)
+    k = np.arange(3)[:, None]
+    axes = [np.cos(np.pi * k * (np.arange(n) + 0.5) / n) for n in phantom.seg.shape]
+    field = np.einsum("abc,ai,bj,ck->ijk", coef, *axes, optimize=True)
+    return field.astype(np.float32)

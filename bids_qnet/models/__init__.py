@@ -1,1 +1,1 @@
-"""Networks of the Q-Net framework (stage-1 ResNet18 classifier, stage-2 scan-level model)."""
+"""Networks (ResNet18, the stage-1 classifier, Q-Net), slice embedding and the device."""

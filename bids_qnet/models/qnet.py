@@ -41,6 +41,9 @@ class QNet(nn.Module):
         Number of classes of both heads.
     dropout : float
         Dropout probability applied to the Bi-LSTM outputs before both heads (training only).
+    standardise : bool
+        Standardise each input feature with a stored mean and SD (buffers ``input_mean`` and
+        ``input_scale``, set with :meth:`set_standardisation`) before the LSTM.
 
     Notes
     -----
@@ -50,7 +53,12 @@ class QNet(nn.Module):
     """
 
     def __init__(
-        self, in_features: int = 512, hidden: int = 128, n_classes: int = 2, dropout: float = 0.3
+        self,
+        in_features: int = 512,
+        hidden: int = 128,
+        n_classes: int = 2,
+        dropout: float = 0.3,
+        standardise: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("hidden", hidden)):
@@ -63,6 +71,10 @@ class QNet(nn.Module):
         self.in_features = int(in_features)
         self.hidden = int(hidden)
         self.n_classes = int(n_classes)
+        self.standardise = bool(standardise)
+        if self.standardise:
+            self.register_buffer("input_mean", torch.zeros(self.in_features))
+            self.register_buffer("input_scale", torch.ones(self.in_features))
         self.lstm = nn.LSTM(
             self.in_features, self.hidden, num_layers=1, batch_first=True, bidirectional=True
         )
@@ -94,6 +106,8 @@ class QNet(nn.Module):
             If the shapes of ``x`` or ``lengths`` do not fit the model.
         """
         batch, steps = self._check_input(x)
+        if self.standardise:
+            x = (x - self.input_mean) / self.input_scale
         if lengths is None:
             out, _ = self.lstm(x)
             mask = torch.ones(batch, steps, dtype=torch.bool, device=x.device)
@@ -112,6 +126,17 @@ class QNet(nn.Module):
         peak = out.masked_fill(~mask3, float("-inf")).amax(dim=1)
         scan_logits = self.scan_head(torch.cat([mean, peak], dim=1))
         return image_logits, scan_logits
+
+    def set_standardisation(self, mean, scale) -> None:
+        """Set the per-feature mean and SD of the input (``standardise=True`` only)."""
+        if not self.standardise:
+            raise UsageError("this QNet was built without input standardisation")
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+        if mean.shape != (self.in_features,) or scale.shape != mean.shape:
+            raise InputDataError(f"standardisation needs {self.in_features} means and SDs")
+        self.input_mean.copy_(mean)
+        self.input_scale.copy_(scale.clamp_min(1e-6))
 
     def _check_input(self, x: Tensor) -> tuple[int, int]:
         if x.ndim != 3 or x.shape[2] != self.in_features:

@@ -1,8 +1,8 @@
 """The stage-1 image-level classifier: a ResNet18 backbone followed by one linear layer.
 
 The backbone (and its weights: ImageNet, random or a file, never downloaded) comes from
-:func:`bids_qnet.embed.load_backbone`; removing the head gives the 512-d global-average-pooled
-image embedding that stage 2 feeds to its Bi-LSTM.
+:func:`bids_qnet.models.embedding.load_backbone`; removing the head gives the 512-d
+global-average-pooled image embedding that stage 2 feeds to its Bi-LSTM.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import logging
 import torch
 from torch import nn
 
-from bids_qnet.embed import EMBEDDING_DIM, WeightsInfo, load_backbone
 from bids_qnet.errors import InputDataError, UsageError
+from bids_qnet.models.embedding import EMBEDDING_DIM, WeightsInfo, load_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ def build_classifier(
     ----------
     n_channels : int
         Input channels (QSM, R2*, T1w: 3); conv1 is adapted as
-        :func:`bids_qnet.embed.load_backbone` describes.
+        :func:`bids_qnet.models.embedding.load_backbone` describes.
     n_classes : int
         Number of classes K (at least 2).
     weights : str
         ``"imagenet"``, ``"random"`` or the path of a ResNet18 state dict (see
-        :func:`bids_qnet.embed.load_backbone`; a head in the file is ignored).
+        :func:`bids_qnet.models.embedding.load_backbone`; a head in the file is ignored).
     seed : int
         Seeds a random backbone and the head (``nn.Linear(512, K)``'s default
         initialisation, drawn from ``seed + HEAD_SEED_OFFSET``). The global torch RNG state is
@@ -57,7 +57,7 @@ def build_classifier(
     UsageError
         If ``n_classes`` is below 2 (or ``n_channels`` below 1).
     MissingInputError, InputDataError
-        From :func:`bids_qnet.embed.load_backbone`.
+        From :func:`bids_qnet.models.embedding.load_backbone`.
     """
     if int(n_classes) < 2:
         raise UsageError(f"n_classes must be at least 2, got {n_classes}")
@@ -76,10 +76,10 @@ def features(model: nn.Module) -> nn.Module:
     The result is a shallow copy of ``model``: every layer but ``fc`` is the very same module
     object, so parameters, buffers and their updates are shared (no memory is copied) and
     ``model`` keeps its head. It is still a ``ResNet18`` (``conv1`` and the other
-    attributes are there), so it works with :func:`bids_qnet.embed.embed_slices`. Nothing is
-    frozen here (``requires_grad`` would be shared with ``model``): for frozen embeddings run it
-    in eval mode under ``torch.inference_mode()``. Note that ``train()``/``eval()`` on either
-    network switches the shared layers of both.
+    attributes are there), so it works with :func:`bids_qnet.models.embedding.embed_slices`.
+    Nothing is frozen here (``requires_grad`` would be shared with ``model``): for frozen
+    embeddings run it in eval mode under ``torch.inference_mode()``. Note that
+    ``train()``/``eval()`` on either network switches the shared layers of both.
 
     Parameters
     ----------

@@ -1,1 +1,1 @@
-"""Participant reports: figures and an HTML page built from derivatives already written."""
+"""Reports: figures drawn from arrays and HTML pages built from derivatives already written."""

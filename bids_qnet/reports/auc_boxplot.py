@@ -15,12 +15,21 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bids_qnet.derivatives import write_atomic
 from bids_qnet.errors import InputDataError, UsageError
+from bids_qnet.outputs.atomic import write_figure
 
 logger = logging.getLogger(__name__)
 
 DPI = 150
+#: How the boxes look.
+BOX_STYLE = {
+    "patch_artist": True,
+    "boxprops": {"facecolor": "#cfe0f1", "edgecolor": "0.25"},
+    "medianprops": {"color": "black", "linewidth": 1.8},
+    "whiskerprops": {"color": "0.25"},
+    "capprops": {"color": "0.25"},
+    "flierprops": {"marker": ".", "markersize": 3, "markerfacecolor": "0.5", "alpha": 0.5},
+}
 STAR_KEY = "ns: p > 0.05, *: p <= 0.05, **: p <= 0.01, ***: p <= 0.001, ****: p <= 0.0001."
 
 
@@ -102,41 +111,13 @@ def auc_boxplot(
     fig = Figure(figsize=(max(4.0, 1.3 * len(models) + 1.5), 5.0))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.boxplot(
-        values,
-        positions=list(position.values()),
-        widths=0.55,
-        patch_artist=True,
-        boxprops={"facecolor": "#cfe0f1", "edgecolor": "0.25"},
-        medianprops={"color": "black", "linewidth": 1.8},
-        whiskerprops={"color": "0.25"},
-        capprops={"color": "0.25"},
-        flierprops={"marker": ".", "markersize": 3, "markerfacecolor": "0.5", "alpha": 0.5},
-    )
+    ax.boxplot(values, positions=list(position.values()), widths=0.55, **BOX_STYLE)
     ax.set_xticks(list(position.values()), models)
     low = float(min(np.min(v) for v in values if v.size))
     high = float(max(np.max(v) for v in values if v.size))
     span = max(high - low, 0.05)
     low = min(low, high - span)  # a degenerate (constant) distribution still gets an axis
-    step = 0.09 * span
-    pairs = []
-    for row in comparisons.itertuples(index=False):
-        if str(row.model1) not in position or str(row.model2) not in position:
-            raise InputDataError(f"comparison {row.model1} vs {row.model2} has no bootstrap AUCs")
-        pairs.append((position[str(row.model1)], position[str(row.model2)], str(row.stars)))
-    tiers = bracket_tiers([(a, b) for a, b, _ in pairs])
-    top = high + 0.5 * step
-    for (a, b, label), tier in zip(pairs, tiers, strict=True):
-        y = high + step * (tier + 0.6)
-        left, right = sorted((a, b))
-        ax.plot(
-            [left, left, right, right],
-            [y - 0.25 * step, y, y, y - 0.25 * step],
-            color="black",
-            linewidth=1.0,
-        )
-        ax.text((left + right) / 2, y, label or "n/a", ha="center", va="bottom", fontsize=10)
-        top = max(top, y + 0.8 * step)
+    top = _brackets(ax, comparisons, position, high, 0.09 * span)
     ax.set_ylim(low - 0.08 * span, top)
     ax.set_yticks([t for t in ax.get_yticks() if low - 0.08 * span <= t <= 1.0])
     ax.set_ylabel("ROC AUC (bootstrap replicates)")
@@ -155,6 +136,29 @@ def auc_boxplot(
     )
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     out_path = Path(out_path)
-    write_atomic(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, facecolor="white"))
+    write_figure(out_path, fig, DPI)
     logger.debug("wrote AUC boxplot %s", out_path)
     return out_path
+
+
+def _brackets(ax, comparisons, position: dict[str, int], high: float, step: float) -> float:
+    """Draw one bracket with its stars per comparison above the boxes; return the top."""
+    pairs = []
+    for row in comparisons.itertuples(index=False):
+        if str(row.model1) not in position or str(row.model2) not in position:
+            raise InputDataError(f"comparison {row.model1} vs {row.model2} has no bootstrap AUCs")
+        pairs.append((position[str(row.model1)], position[str(row.model2)], str(row.stars)))
+    tiers = bracket_tiers([(a, b) for a, b, _ in pairs])
+    top = high + 0.5 * step
+    for (a, b, label), tier in zip(pairs, tiers, strict=True):
+        y = high + step * (tier + 0.6)
+        left, right = sorted((a, b))
+        ax.plot(
+            [left, left, right, right],
+            [y - 0.25 * step, y, y, y - 0.25 * step],
+            color="black",
+            linewidth=1.0,
+        )
+        ax.text((left + right) / 2, y, label or "n/a", ha="center", va="bottom", fontsize=10)
+        top = max(top, y + 0.8 * step)
+    return top

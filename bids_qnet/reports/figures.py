@@ -6,10 +6,7 @@ Pure plotting: no BIDS knowledge, no reading of derivatives. Figures are drawn o
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-import uuid
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +17,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from scipy import ndimage
 
+from bids_qnet.outputs.atomic import write_figure
+
 logger = logging.getLogger(__name__)
 
 DPI = 150
@@ -27,6 +26,7 @@ PANEL_IN = 2.3  # inches per registration panel
 EDGE_COLOUR = "#ff2d55"  # template brain outline
 TISSUE_COLOUR = "#00e5ff"  # template white-matter outline
 BOX_COLOUR = "#ffd60a"  # crop box
+ROW_LABEL = {"rotation": 90, "ha": "right", "va": "center", "fontsize": 9}
 _LABEL_STYLE = {"color": "white", "fontsize": 7, "fontweight": "bold"}
 # Plane -> (axis cut across, horizontal axis, vertical axis) in RAS voxel order.
 _AXES = {"axial": (2, 0, 1), "coronal": (1, 0, 2), "sagittal": (0, 1, 2)}
@@ -79,6 +79,44 @@ def registration_qc(
         If no channel is given, shapes differ, or the box lies outside the grid.
     """
     template = np.asarray(template, dtype=np.float32)
+    lower, upper = _checked_box(template, registered, box_lower, box_upper)
+    zooms = tuple(float(z) for z in zooms)
+
+    mask = _brain_mask(template)
+    outlines = _outlines(template, mask, zooms)
+    views = _views(lower, upper)
+
+    nrows, ncols = len(registered), len(views)
+    header = 0.75 if title else 0.45  # inches above the panels: column titles, figure title
+    fig = Figure(figsize=(0.9 + ncols * PANEL_IN, header + 0.45 + nrows * PANEL_IN), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for row, (name, image) in enumerate(registered.items()):
+        image = np.asarray(image, dtype=np.float32)
+        vmin, vmax = robust_window(image, mask)
+        label = f"{name}\n[{vmin:.3g}, {vmax:.3g}]"
+        axes[row, 0].text(-0.06, 0.5, label, transform=axes[row, 0].transAxes, **ROW_LABEL)
+        for col, (plane, index) in enumerate(views):
+            _panel(axes[row, col], plane, index, image, (vmin, vmax), outlines, lower, upper, zooms)
+            if row == 0:
+                axis_name = "xyz"[_AXES[plane][0]]
+                axes[row, col].set_title(f"{plane.capitalize()} {axis_name}={index}", fontsize=9)
+    _legend_and_margins(fig, title, header)
+    return _save(fig, out_path)
+
+
+def _outlines(template: np.ndarray, mask: np.ndarray, zooms) -> list[tuple]:
+    """Return the template's brain edge and white-matter boundary (volume, level, colour, width)."""
+    sigma = [1.0 / z for z in zooms]  # 1 mm
+    smooth = ndimage.gaussian_filter(np.nan_to_num(template), sigma)
+    outlines = [(ndimage.gaussian_filter(mask.astype(np.float32), sigma), 0.5, EDGE_COLOUR, 0.8)]
+    if mask.any():
+        outlines.append((smooth, _otsu(smooth[mask]), TISSUE_COLOUR, 0.5))
+    return outlines
+
+
+def _checked_box(template, registered, box_lower, box_upper) -> tuple[np.ndarray, np.ndarray]:
+    """Check the registered images against the template and the box against the grid."""
     if template.ndim != 3:
         raise ValueError(f"template must be 3D, got shape {template.shape}")
     if not registered:
@@ -91,40 +129,11 @@ def registration_qc(
         raise ValueError(f"box {tuple(lower)}-{tuple(upper)} is outside grid {template.shape}")
     if np.any(upper <= lower):
         raise ValueError(f"box {tuple(lower)}-{tuple(upper)} is empty")
-    zooms = tuple(float(z) for z in zooms)
+    return lower, upper
 
-    mask = _brain_mask(template)
-    sigma = [1.0 / z for z in zooms]  # 1 mm
-    smooth = ndimage.gaussian_filter(np.nan_to_num(template), sigma)
-    outlines = [(ndimage.gaussian_filter(mask.astype(np.float32), sigma), 0.5, EDGE_COLOUR, 0.8)]
-    if mask.any():
-        outlines.append((smooth, _otsu(smooth[mask]), TISSUE_COLOUR, 0.5))
-    views = _views(lower, upper)
 
-    nrows, ncols = len(registered), len(views)
-    header = 0.75 if title else 0.45  # inches above the panels: column titles, figure title
-    fig = Figure(figsize=(0.9 + ncols * PANEL_IN, header + 0.45 + nrows * PANEL_IN), dpi=DPI)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for row, (name, image) in enumerate(registered.items()):
-        image = np.asarray(image, dtype=np.float32)
-        vmin, vmax = robust_window(image, mask)
-        label = f"{name}\n[{vmin:.3g}, {vmax:.3g}]"
-        axes[row, 0].text(
-            -0.06,
-            0.5,
-            label,
-            transform=axes[row, 0].transAxes,
-            rotation=90,
-            ha="right",
-            va="center",
-            fontsize=9,
-        )
-        for col, (plane, index) in enumerate(views):
-            _panel(axes[row, col], plane, index, image, (vmin, vmax), outlines, lower, upper, zooms)
-            if row == 0:
-                axis_name = "xyz"[_AXES[plane][0]]
-                axes[row, col].set_title(f"{plane.capitalize()} {axis_name}={index}", fontsize=9)
+def _legend_and_margins(fig: Figure, title: str, header: float) -> None:
+    """Add the outlines' legend and the title; fit the panels between them."""
     handles = [
         Line2D([], [], color=EDGE_COLOUR, label="template brain outline"),
         Line2D([], [], color=TISSUE_COLOUR, label="template white-matter outline"),
@@ -142,7 +151,6 @@ def registration_qc(
         wspace=0.03,
         hspace=0.06,
     )
-    return _save(fig, Path(out_path))
 
 
 def slice_montage(
@@ -215,7 +223,7 @@ def slice_montage(
     fig.subplots_adjust(
         left=1.2 / fig_w, right=0.995, bottom=0.02, top=1 - 0.6 / fig_h, wspace=0.04, hspace=0.08
     )
-    return _save(fig, Path(out_path))
+    return _save(fig, out_path)
 
 
 def _tiles(images: np.ndarray, gap: int, fill: float = 1.0) -> np.ndarray:
@@ -344,16 +352,7 @@ def _orientation_labels(ax, plane: str) -> None:
 
 
 def _save(fig: Figure, out_path: Path) -> Path:
-    """Render ``fig`` and write it atomically (temporary file in the same folder, then rename)."""
-    fmt = out_path.suffix.lstrip(".").lower() or "png"
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=DPI, facecolor="white")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    logger.debug("wrote figure %s", out_path)
-    return out_path
+    """Write ``fig`` atomically (PNG unless the suffix names another Matplotlib format)."""
+    path = write_figure(Path(out_path), fig, DPI)
+    logger.debug("wrote figure %s", path)
+    return path

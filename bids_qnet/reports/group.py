@@ -1,44 +1,139 @@
 """The group HTML report: one self-contained page over the group-level derivatives.
 
-The page reads only files the group level has already written (tables and figures at the output
-root) and embeds the figures as data URIs, so ``group.html`` can be mailed or archived on its own.
-A section whose files are missing says so instead of failing: the report can be rebuilt at any
-time with the results that exist.
+The page (the ``group.html`` template) reads only files already written: the tables and figures
+at the output root, the warnings list (``desc-group_warnings.tsv``), the settings each level
+saved, and ``participants.tsv``. Figures are embedded as data URIs, so ``group.html`` can be
+mailed or archived on its own. A section whose files are missing says so instead of failing:
+the report can be rebuilt at any time (``--reports-only``) with the results that exist.
+
+Models are whatever the predictions and metrics hold: registered families come in
+``training/registry.py`` order with their report labels, any other model after them under its
+own name; a model with scan-level predictions only appears at the scan level.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
+import re
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bids_qnet import __version__
-from bids_qnet.reports.group_text import CITATIONS, FIGURE_TEXT, methods_paragraph
-from bids_qnet.reports.html import CSS, write_text_atomic
-from bids_qnet.reports.html import escape as _e
+from bids_qnet.outputs.atomic import write_text
+from bids_qnet.outputs.derivatives import sidecar_path
+from bids_qnet.outputs.names import GroupFiles, saved_participant_settings
+from bids_qnet.outputs.warnings import read_warnings
+from bids_qnet.reports.group_text import (
+    CITATIONS,
+    FIGURE_TEXT,
+    methods_paragraph,
+    statistics_note,
+)
+from bids_qnet.reports.html import figure_uri, format_number, render
+from bids_qnet.reports.labels import label
+from bids_qnet.training.registry import MODEL_LABELS, MODEL_NAMES
 
 LOGGER = logging.getLogger(__name__)
-REPORT_NAME = "group.html"
 METRIC_COLUMNS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
-MODEL_NAMES = {"ResNet": "ResNet", "ResNetSWA": "ResNetSWA", "QNet": "Q-Net"}
-SECTIONS = (
+METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "auc": "AUC",
+}
+LEVEL_TEXT = {
+    "scan": "Scan level (one prediction per participant scan)",
+    "image": "Image level (one prediction per slice)",
+}
+NAV = (
+    ("summary", "Summary"),
+    ("warnings", "Warnings"),
     ("cohort", "Cohort"),
     ("performance", "Performance"),
-    ("comparison", "Model comparison"),
+    ("comparison", "Comparison"),
     ("attribution", "Attribution"),
     ("methods", "Methods"),
     ("about", "About"),
 )
-EXTRA_CSS = """
-.num{text-align:right;font-variant-numeric:tabular-nums}
-.note{color:#555;font-size:.93em}
-td.sig{font-weight:700;color:#1f3b57}
-"""
+#: Settings "About" shows, per level, in this order.
+PARTICIPANT_SETTINGS = (
+    "version",
+    "channels",
+    "reference_channel",
+    "registration_profile",
+    "template_resolution",
+    "crop",
+    "crop_margin_mm",
+    "embedding_weights",
+    "image_size",
+    "random_seed",
+)
+GROUP_SETTINGS = (
+    "version",
+    "preset",
+    "regions",
+    "covariates",
+    "label_column",
+    "folds",
+    "cv_repeats",
+    "stage1",
+    "epochs",
+    "qnet_epochs",
+    "embedding_weights",
+    "image_size",
+    "embedding_batch_size",
+    "bootstrap_replicates",
+    "attribution",
+    "attribution_target",
+    "ig_steps",
+    "ig_baseline",
+    "device",
+    "random_seed",
+)
+#: Region table columns shown (others stay in the TSV), with their headings.
+REGION_COLUMNS = {
+    "rank": "Rank",
+    "region": "Region",
+    "volume_mm3": "Volume (mm³)",
+    "density_contrast": "Relevance contrast per voxel",
+}
+REGION_ROWS = 20
+#: How "About" names the settings.
+SETTING_LABELS = {
+    "version": "bids_qnet version",
+    "channels": "Channels",
+    "reference_channel": "Reference channel",
+    "registration_profile": "Registration profile",
+    "template_resolution": "Template grid (mm)",
+    "crop": "Crop",
+    "crop_margin_mm": "Crop margin (mm)",
+    "embedding_weights": "ResNet18 weights",
+    "image_size": "Network input (pixels)",
+    "random_seed": "Random seed",
+    "preset": "Training preset",
+    "regions": "Regions (ROI baseline)",
+    "covariates": "Covariates",
+    "label_column": "Class column",
+    "folds": "Folds",
+    "cv_repeats": "Cross-validation repeats",
+    "stage1": "Stage 1",
+    "epochs": "Stage-1 epochs",
+    "qnet_epochs": "Q-Net epochs",
+    "embedding_batch_size": "Batch size",
+    "bootstrap_replicates": "Bootstrap replicates",
+    "attribution": "Attribution",
+    "attribution_target": "Attribution target class",
+    "ig_steps": "Integrated Gradients steps",
+    "ig_baseline": "Integrated Gradients baseline",
+    "device": "Device",
+}
 
 
 def write_group_report(output_dir: Path, bids_dir: Path, settings: dict) -> Path:
@@ -51,8 +146,8 @@ def write_group_report(output_dir: Path, bids_dir: Path, settings: dict) -> Path
     bids_dir : Path
         The input BIDS dataset (its ``participants.tsv`` gives the cohort table).
     settings : dict
-        The group run's settings (``Settings.to_dict()``), shown in "About" and used for the
-        methods paragraph.
+        The group run's settings (``Settings.to_dict()``), shown in "About" beside the
+        participant level's recorded settings, and used for the methods paragraph.
 
     Returns
     -------
@@ -60,33 +155,55 @@ def write_group_report(output_dir: Path, bids_dir: Path, settings: dict) -> Path
         The report, written atomically.
     """
     output_dir = Path(output_dir)
-    predictions = _read_tsv(output_dir / "desc-oof_predictions.tsv")
-    labels = _read_json(output_dir / "desc-cv_labels.json")
-    body = [
-        _cohort_section(Path(bids_dir), labels, predictions),
-        _performance_section(output_dir),
-        _comparison_section(output_dir),
-        _attribution_section(output_dir),
-        _methods_section(settings, labels),
-        _about_section(output_dir, settings),
-    ]
-    nav = "".join(f'<a href="#{key}">{_e(title)}</a>' for key, title in SECTIONS)
-    page = "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>bids_qnet group report</title><style>{CSS}{EXTRA_CSS}</style></head><body>",
-            "<header><h1>bids_qnet group report</h1>",
-            f"<p>{_e(_subtitle(labels, predictions))}</p></header>",
-            f"<nav>{nav}</nav><main>",
-            *body,
-            f"</main><footer>Generated by bids_qnet {_e(__version__)}</footer></body></html>\n",
-        ]
-    )
-    path = write_text_atomic(output_dir / REPORT_NAME, page)
+    context = group_context(output_dir, Path(bids_dir), settings)
+    path = write_text(GroupFiles(output_dir).report, render("group.html", **context))
     LOGGER.info("wrote group report %s", path)
     return path
+
+
+def group_context(output_dir: Path, bids_dir: Path, settings: dict) -> dict[str, Any]:
+    """Return what ``group.html`` shows (see :func:`write_group_report`)."""
+    files = GroupFiles(output_dir)
+    predictions = _read_tsv(files.predictions)
+    metrics = _read_tsv(files.metrics)
+    labels = _read_json(files.labels)
+    participants = _read_tsv(bids_dir / "participants.tsv")
+    ci = _read_tsv(files.bootstrap_ci)
+    models = model_order(predictions, metrics)
+    return {
+        "title": "bids_qnet group report",
+        "subtitle": _subtitle(labels, predictions, settings),
+        "version": __version__,
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nav": NAV,
+        "summary": _summary(labels, predictions, metrics, ci, settings, models),
+        "warnings": read_warnings(output_dir),
+        "warnings_file": files.warnings.name,
+        "cohort": _cohort(participants, labels, predictions),
+        "performance": _performance(files, metrics, models),
+        "comparison": _comparison(files, ci, models),
+        "statistics_note": statistics_note(settings, labels),
+        "attribution": _attribution(files),
+        "methods": methods_paragraph(settings, labels),
+        "citations": CITATIONS,
+        "about": _about(output_dir, settings),
+    }
+
+
+def model_order(*frames: pd.DataFrame | None) -> list[str]:
+    """Return the models of the tables: registered ones in registry order, then any other."""
+    found: list[str] = []
+    for frame in frames:
+        if frame is not None and "model" in frame:
+            found += [str(m) for m in frame["model"].dropna().unique()]
+    found = list(dict.fromkeys(found))
+    known = [m for m in MODEL_NAMES if m in found]
+    return known + [m for m in found if m not in known]
+
+
+def model_label(model: str) -> str:
+    """Return the name reports show for a model (its registry label, or its own name)."""
+    return MODEL_LABELS.get(model, model)
 
 
 def cohort_table(
@@ -136,252 +253,394 @@ def cohort_table(
     return pd.DataFrame(rows)
 
 
-def performance_table(metrics: pd.DataFrame, level: str) -> pd.DataFrame:
-    """Return pooled out-of-fold metrics with the fold mean (SD) for one level."""
+def performance_table(metrics: pd.DataFrame, level: str, models: list[str] | None = None):
+    """Return pooled out-of-fold metrics with the fold mean ± SD for one level.
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        ``desc-cv_metrics.tsv``.
+    level : str
+        ``scan`` or ``image``.
+    models : list of str, optional
+        The order of the rows (default: :func:`model_order`); models without rows at this
+        level are left out.
+
+    Returns
+    -------
+    DataFrame
+        One row per model: ``model`` (its report label), ``n`` and each metric as
+        ``pooled (mean ± SD)``.
+    """
     part = metrics[metrics["level"] == level]
+    order = models if models is not None else model_order(metrics)
     rows = []
-    for model, group in part.groupby("model", sort=False):
+    for model in [m for m in order if m in set(part["model"].astype(str))]:
+        group = part[part["model"].astype(str) == model]
         fold = group["fold"].astype(str)
-        pooled = group[fold == "pooled"].iloc[0]
-        mean = group[fold == "mean"].iloc[0]
-        sd = group[fold == "sd"].iloc[0]
-        row = {"model": MODEL_NAMES.get(model, model), "n": int(pooled["n"])}
+        pooled = group[fold == "pooled"]
+        if pooled.empty:
+            continue
+        pooled = pooled.iloc[0]
+        mean = group[fold == "mean"].iloc[0] if (fold == "mean").any() else None
+        sd = group[fold == "sd"].iloc[0] if (fold == "sd").any() else None
+        row = {"model": model_label(model), "n": int(pooled["n"])}
         for metric in METRIC_COLUMNS:
             if metric in group:
-                row[metric] = f"{pooled[metric]:.3f} ({mean[metric]:.3f} ± {sd[metric]:.3f})"
+                text = _fixed(pooled[metric], 3)
+                if mean is not None and sd is not None:
+                    text += f" ({_fixed(mean[metric], 3)} ± {_fixed(sd[metric], 3)})"
+                row[metric] = text
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def delong_display(delong: pd.DataFrame) -> pd.DataFrame:
-    """Return the DeLong table as shown in the report: CI in one column, p in 3 digits."""
-    frame = _renamed(delong)
-    shown = pd.DataFrame(
-        {
-            "level": frame["level"],
-            "comparison": frame["model1"] + " vs " + frame["model2"],
-            "AUC 1": frame["auc1"].map("{:.3f}".format),
-            "AUC 2": frame["auc2"].map("{:.3f}".format),
-            "difference (95% CI)": [
-                f"{d:.3f} [{lo:.3f}, {hi:.3f}]"
-                for d, lo, hi in zip(
-                    frame["difference"], frame["ci_low"], frame["ci_high"], strict=True
-                )
-            ],
-            "z": frame["z"].map("{:.2f}".format),
-            "p": frame["p"].map("{:.3g}".format),
-            "p (Holm)": frame["p_holm"].map("{:.3g}".format),
-            "stars": frame["stars"],
-        }
-    )
-    if "n_participants" in frame:
-        shown["participants"] = frame["n_participants"]
-    return shown
-
-
-def _cohort_section(bids_dir: Path, labels: dict, predictions: pd.DataFrame) -> str:
-    parts = ['<section id="cohort"><h2>Cohort</h2>']
-    participants = _read_tsv(bids_dir / "participants.tsv")
-    if labels is None or predictions is None or participants is None:
-        parts.append(_missing("the cross-validated predictions or participants.tsv"))
-    else:
-        table = cohort_table(participants, labels, predictions)
-        parts.append(
-            f"<p>Classes from the <code>{_e(labels['column'])}</code> column of "
-            f"<code>participants.tsv</code>"
-            + (
-                f"; positive class <b>{_e(labels['positive'])}</b>"
-                if labels.get("positive")
-                else ""
-            )
-            + ". Only participants with complete participant-level outputs and a label count.</p>"
-        )
-        parts.append(_table(table))
-    parts.append("</section>")
-    return "\n".join(parts)
-
-
-def _performance_section(output_dir: Path) -> str:
-    parts = ['<section id="performance"><h2>Cross-validated performance</h2>']
-    metrics = _read_tsv(output_dir / "desc-cv_metrics.tsv")
-    if metrics is None:
-        parts.append(_missing("desc-cv_metrics.tsv"))
-    else:
-        parts.append(
-            '<p class="note">Out-of-fold predictions pooled over all test folds; in brackets '
-            "the mean ± SD over folds. Image level: one prediction per slice. Scan level: Q-Net's "
-            "scan head; ResNet and ResNetSWA by majority vote over the slices.</p>"
-        )
-        for level in ("scan", "image"):
-            parts.append(f"<h3>{level.capitalize()} level</h3>")
-            parts.append(_table(performance_table(metrics, level)))
-    parts.append('<div class="grid">')
-    for level in ("scan", "image"):
-        parts.append(_figure(output_dir / "figures" / f"desc-roc{level}_roc.png"))
-    parts.append("</div></section>")
-    return "\n".join(parts)
-
-
-def _comparison_section(output_dir: Path) -> str:
-    parts = ['<section id="comparison"><h2>Model comparison</h2>']
-    ci = _read_tsv(output_dir / "desc-bootstrap_ci.tsv")
-    delong = _read_tsv(output_dir / "desc-delong_comparisons.tsv")
-    sidecar = _read_json(output_dir / "desc-delong_comparisons.json") or {}
-    if ci is None and delong is None:
-        parts.append(
-            _missing("desc-delong_comparisons.tsv and desc-bootstrap_ci.tsv (two classes)")
-        )
-    if ci is not None and len(ci):
-        parts.append("<h3>Bootstrap AUC, 95% percentile intervals</h3>")
-        parts.append(_table(_rounded(_renamed(ci))))
-    if delong is not None and len(delong):
-        parts.append("<h3>Paired comparisons (DeLong)</h3>")
-        methods = sidecar.get("Methods") or sidecar.get("Method")
-        if methods:
-            parts.append(f'<p class="note">{_e(_flatten(methods))}</p>')
-        parts.append(_table(delong_display(delong), highlight="stars"))
-    parts.append('<div class="grid">')
-    for level in ("scan", "image"):
-        path = output_dir / "figures" / f"desc-aucboxplot{level}_boxplot.png"
-        if path.is_file():
-            parts.append(_figure(path))
-    parts.append("</div></section>")
-    return "\n".join(parts)
-
-
-def _attribution_section(output_dir: Path) -> str:
-    parts = ['<section id="attribution"><h2>Attribution</h2>']
-    regions = _read_tsv(output_dir / "desc-attribution_regions.tsv")
-    sidecar = _read_json(output_dir / "desc-attribution_regions.json") or {}
-    figures = [
-        output_dir / "figures" / name
-        for name in (
-            "desc-igoverlay_attribution.png",
-            "desc-gradcamoverlay_attribution.png",
-            "desc-igregions_barplot.png",
-        )
-    ]
-    if regions is None and not any(f.is_file() for f in figures):
-        parts.append(_missing("attribution outputs (run without --attribution none)"))
-    for figure in figures:
-        if figure.is_file():
-            parts.append(_figure(figure))
-    if regions is not None and len(regions):
-        description = sidecar.get("Description")
-        if description:
-            parts.append(f'<p class="note">{_e(_flatten(description))}</p>')
-        parts.append("<h3>Per-region relevance</h3>")
-        parts.append(_table(_rounded(regions.head(40))))
-        if len(regions) > 40:
-            parts.append(
-                f'<p class="note">First 40 of {len(regions)} rows; all rows in '
-                "<code>desc-attribution_regions.tsv</code>.</p>"
-            )
-    parts.append("</section>")
-    return "\n".join(parts)
-
-
-def _methods_section(settings: dict, labels: dict | None) -> str:
-    items = "".join(f"<li>{_e(text)}</li>" for text in CITATIONS)
-    return (
-        '<section id="methods"><h2>Methods</h2>'
-        f"<p>{_e(methods_paragraph(settings, labels))}</p>"
-        f"<h3>References</h3><ol>{items}</ol></section>"
-    )
-
-
-def _about_section(output_dir: Path, settings: dict) -> str:
-    rows = {
-        "bids_qnet version": __version__,
-        "output directory": str(output_dir),
-        "report generated": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    rows.update({k: settings[k] for k in sorted(settings) if not isinstance(settings[k], dict)})
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_flatten(v))}</td></tr>" for k, v in rows.items())
-    table = f'<table class="kv"><tbody>{body}</tbody></table>'
-    return f'<section id="about"><h2>About</h2>{table}</section>'
-
-
-def _figure(path: Path) -> str:
-    text = FIGURE_TEXT.get(path.name.split("_")[0], (path.stem, ""))
-    heading, caption = text
-    if not path.is_file():
-        return (
-            f'<figure class="missing"><h3>{_e(heading)}</h3><figcaption>Not written: '
-            f"<code>{_e(path.name)}</code></figcaption></figure>"
-        )
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (
-        f'<figure class="card"><h3>{_e(heading)}</h3>'
-        f'<img src="data:image/png;base64,{data}" alt="{_e(heading)}">'
-        f"<figcaption>{_e(caption)} <code>figures/{_e(path.name)}</code></figcaption></figure>"
-    )
-
-
-def _table(frame: pd.DataFrame, highlight: str | None = None) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
+    """Return the comparison table as shown: model names, CI in one column, p in 3 digits."""
+    frame = delong.copy()
     rows = []
-    for record in frame.itertuples(index=False):
-        cells = []
-        for column, value in zip(frame.columns, record, strict=True):
-            numeric = isinstance(value, int | float | np.number) and not isinstance(value, bool)
-            css = "num" if numeric else ""
-            if highlight and column == highlight and str(value) not in ("ns", "", "nan"):
-                css = "sig"
-            cells.append(f'<td class="{css}">{_e(_cell(value))}</td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    for record in frame.to_dict(orient="records"):
+        row = {
+            "Level": record.get("level"),
+            "Comparison": f"{model_label(record['model1'])} vs {model_label(record['model2'])}",
+            "AUC 1": _fixed(record.get("auc1"), 3),
+            "AUC 2": _fixed(record.get("auc2"), 3),
+            "Difference (95% CI)": f"{_fixed(record.get('difference'), 3)} "
+            f"[{_fixed(record.get('ci_low'), 3)}, {_fixed(record.get('ci_high'), 3)}]",
+            "z": _fixed(record.get("z"), 2),
+            "p": _p_value(record.get("p")),
+            "p (Holm)": _p_value(record.get("p_holm")),
+            "Significance": record.get("stars") if isinstance(record.get("stars"), str) else "",
+        }
+        if "n_participants" in record:
+            row["Participants"] = record["n_participants"]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+def _summary(labels, predictions, metrics, ci, settings, models) -> dict | None:
+    if labels is None or predictions is None:
+        return None
+    facts = [
+        (
+            "Classes",
+            " vs ".join(map(str, labels["classes"]))
+            + (f" (positive: {labels['positive']})" if labels.get("positive") else ""),
+        ),
+        ("Participants", predictions["participant_id"].nunique()),
+        (
+            "Cross-validation",
+            f"{settings.get('folds')} folds by participant"
+            + (
+                f", {settings.get('cv_repeats')} repeats"
+                if (settings.get("cv_repeats") or 1) > 1
+                else ""
+            ),
+        ),
+        ("Models", ", ".join(model_label(m) for m in models)),
+    ]
+    best = None
+    if metrics is not None:
+        scan = metrics[(metrics["level"] == "scan") & (metrics["fold"].astype(str) == "pooled")]
+        scan = scan.dropna(subset=["auc"]) if "auc" in scan else scan.iloc[0:0]
+        if not scan.empty:
+            top = scan.sort_values("auc", ascending=False).iloc[0]
+            best = {"model": model_label(str(top["model"])), "auc": _fixed(top["auc"], 3)}
+            if ci is not None and len(ci):
+                match = ci[(ci["level"] == "scan") & (ci["model"].astype(str) == str(top["model"]))]
+                if not match.empty:
+                    best["ci"] = (
+                        f"{_fixed(match.iloc[0]['ci_low'], 3)} to "
+                        f"{_fixed(match.iloc[0]['ci_high'], 3)}"
+                    )
+    return {"facts": facts, "best": best}
+
+
+def _cohort(participants, labels, predictions) -> dict:
+    if labels is None or predictions is None or participants is None:
+        return {"missing": "the cross-validated predictions or participants.tsv"}
+    table = cohort_table(participants, labels, predictions)
+    table = table.rename(columns=lambda c: c[:1].upper() + c[1:])
+    return {"column": labels["column"], "positive": labels.get("positive"), "table": _rows(table)}
+
+
+def _performance(files: GroupFiles, metrics, models) -> dict:
+    if metrics is None:
+        return {"missing": files.metrics.name, "levels": [], "figures": []}
+    levels = []
+    present = {
+        lvl: set(metrics.loc[metrics["level"] == lvl, "model"].astype(str))
+        for lvl in ("scan", "image")
+    }
+    for level in ("scan", "image"):
+        table = performance_table(metrics, level, models)
+        if table.empty:
+            continue
+        table = table.rename(columns={"model": "Model", "n": "N", **METRIC_LABELS})
+        rows = _rows(table)
+        rows["numeric"] = [c for c in rows["columns"] if c != "Model"]
+        levels.append({"heading": LEVEL_TEXT[level], "table": rows})
+    scan_only = sorted(present["scan"] - present["image"], key=models.index)
+    figures = [_figure(files.roc_figure(level)) for level in ("scan", "image")]
+    return {
+        "levels": levels,
+        "scan_only": [model_label(m) for m in scan_only],
+        "figures": figures,
+    }
+
+
+def _comparison(files: GroupFiles, ci, models) -> dict:
+    delong = _read_tsv(files.comparisons)
+    sidecar = _read_json(sidecar_path(files.comparisons)) or {}
+    out: dict[str, Any] = {"intervals": None, "tests": None, "figures": []}
+    if ci is None and delong is None:
+        out["missing"] = f"{files.comparisons.name} and {files.bootstrap_ci.name} (two classes)"
+    if ci is not None and len(ci):
+        order = {m: i for i, m in enumerate(models)}
+        ci = ci.assign(_o=ci["model"].astype(str).map(order)).sort_values(["level", "_o"])
+        rows = [
+            {
+                "Level": r["level"],
+                "Model": model_label(str(r["model"])),
+                "AUC": _fixed(r["auc"], 3),
+                "95% interval": f"{_fixed(r['ci_low'], 3)} to {_fixed(r['ci_high'], 3)}",
+                "Replicates": r.get("n_replicates"),
+            }
+            for r in ci.to_dict(orient="records")
+        ]
+        out["intervals"] = {"columns": list(rows[0]), "rows": rows}
+    if delong is not None and len(delong):
+        out["tests"] = _rows(delong_display(delong))
+        methods = sidecar.get("Methods") or {}
+        out["methods"] = [
+            f"{level}: {info.get('Method')} ({info.get('Reason')})"
+            if isinstance(info, dict)
+            else f"{level}: {info}"
+            for level, info in (methods.items() if isinstance(methods, dict) else [])
+        ]
+    out["figures"] = [
+        _figure(files.auc_boxplot(level))
+        for level in ("scan", "image")
+        if files.auc_boxplot(level).is_file()
+    ]
+    return out
+
+
+def _attribution(files: GroupFiles) -> dict:
+    regions = _read_tsv(files.attribution_regions)
+    sidecar = _read_json(sidecar_path(files.attribution_regions)) or {}
+    figures = [files.ig_overlay, files.gradcam_overlay, files.ig_regions_barplot]
+    out: dict[str, Any] = {"figures": [_figure(f) for f in figures if f.is_file()]}
+    out["cautions"] = list((sidecar.get("Reliability") or {}).get("Warnings") or [])
+    if regions is None and not out["figures"]:
+        out["missing"] = "attribution outputs (run without --attribution none)"
+    if regions is not None and len(regions):
+        out["description"] = plain_text(sidecar.get("Ranking") or _text(sidecar.get("Description")))
+        out["regions"] = region_display(regions.head(REGION_ROWS))
+        out["total"] = len(regions)
+        out["shown"] = min(len(regions), REGION_ROWS)
+        out["file"] = files.attribution_regions.name
+    return out
+
+
+def region_display(regions: pd.DataFrame) -> dict:
+    """Return the region table as shown: words for names, channel shares in %, fixed decimals.
+
+    The relevance contrast is a small number: it is shown as a multiple of one power of ten
+    named in its heading, so that no cell needs an exponent, and every number column keeps
+    one number of decimals so that digits line up.
+    """
+    shown = pd.DataFrame(index=regions.index)
+    numeric = []
+    if "rank" in regions:
+        shown["Rank"] = regions["rank"].map(lambda v: format_number(v))
+        numeric.append("Rank")
+    if "region" in regions:
+        shown["Region"] = regions["region"].astype(str).str.replace("_", " ")
+    if "volume_mm3" in regions:
+        shown["Volume (mm³)"] = regions["volume_mm3"].map(lambda v: format_number(round(v)))
+        numeric.append("Volume (mm³)")
+    if "density_contrast" in regions:
+        values = regions["density_contrast"].astype(float)
+        power = _power_of_ten(values)
+        heading = REGION_COLUMNS["density_contrast"]
+        if power:
+            heading += f" (×10{str(power).translate(SUPERSCRIPTS)})"
+        shown[heading] = (values / 10.0**power).map(lambda v: _fixed(v, 2))
+        numeric.append(heading)
+    for column in [c for c in regions.columns if c.startswith("share_")]:
+        heading = f"{column.removeprefix('share_')} share (%)"
+        shown[heading] = (100 * regions[column].astype(float)).map(lambda v: _fixed(v, 1))
+        numeric.append(heading)
+    if "small" in regions:
+        shown["Under 100 mm³"] = regions["small"].map(_yes_no)
+    table = _rows(shown)
+    table["numeric"] = numeric
+    return table
+
+
+SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _fixed(value, decimals: int) -> str:
+    """Return a number with a fixed number of decimals (n/a when missing, never ``-0.000``)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
         return "n/a"
-    if isinstance(value, float | np.floating):
-        return f"{value:.4g}"
+    if not np.isfinite(value):
+        return "n/a"
+    text = f"{value:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _about(output_dir: Path, settings: dict) -> dict:
+    participant = participant_level_settings(output_dir)
+    rows = []
+    for key in dict.fromkeys(PARTICIPANT_SETTINGS + GROUP_SETTINGS):
+        rows.append(
+            {
+                "Setting": SETTING_LABELS.get(key, label(key)),
+                "Participant level": participant.get(key, "")
+                if key in PARTICIPANT_SETTINGS
+                else "",
+                "Group level": _value(settings.get(key)) if key in GROUP_SETTINGS else "",
+            }
+        )
+        if key == "device" and settings.get("device_used"):
+            rows[-1]["Group level"] += f" (used: {settings['device_used']})"
+    software = settings.get("software") or {}
+    return {
+        "settings": {"columns": ["Setting", "Participant level", "Group level"], "rows": rows},
+        "participants_counted": participant.get("_counted", 0),
+        "facts": [
+            ("Group run", settings.get("run_id")),
+            ("Output folder", str(output_dir)),
+            ("Configuration file", settings.get("config_file") or "none"),
+        ],
+        "software": [{"Software": k, "Version": v} for k, v in software.items()],
+    }
+
+
+def participant_level_settings(output_dir: Path) -> dict[str, Any]:
+    """Return what the participant level used: each setting's value(s) over participants.
+
+    Reads the latest settings every participant (and session) saved; a setting that differs
+    between participants reads ``fast (3), precise (1)``.
+    """
+    found: dict[str, Counter] = {}
+    counted = 0
+    for folder in sorted(Path(output_dir).glob("sub-*")):
+        if not folder.is_dir():
+            continue
+        saved = saved_participant_settings(folder, None)
+        by_session: dict[str, Path] = {}
+        for path in saved:  # oldest first: the last per file name is the latest run
+            by_session[path.name] = path
+        for path in by_session.values():
+            try:
+                values = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            counted += 1
+            for key in PARTICIPANT_SETTINGS:
+                found.setdefault(key, Counter())[_value(values.get(key))] += 1
+    summary: dict[str, Any] = {"_counted": counted}
+    for key, counts in found.items():
+        if len(counts) == 1:
+            summary[key] = next(iter(counts))
+        else:
+            summary[key] = ", ".join(f"{v} ({n})" for v, n in counts.most_common())
+    return summary
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value))
+    if isinstance(value, bool) or value is None:
+        return format_number(value)
+    if isinstance(value, float):
+        return format_number(value)
     return str(value)
 
 
-def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.apply(lambda c: c.round(4) if c.dtype.kind == "f" else c)
+def _figure(path: Path) -> dict:
+    heading, caption = FIGURE_TEXT.get(path.name, (path.stem, ""))
+    return {
+        "heading": heading,
+        "caption": caption,
+        "uri": figure_uri(path),
+        "path": f"{path.parent.name}/{path.name}",
+    }
 
 
-def _renamed(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame.copy()
-    for column in ("model", "model1", "model2"):
-        if column in out:
-            out[column] = out[column].map(lambda m: MODEL_NAMES.get(m, m))
-    return out
+def _rows(frame: pd.DataFrame) -> dict:
+    records = frame.to_dict(orient="records")
+    numeric = [c for c in frame.columns if frame[c].dtype.kind in "iuf" and frame[c].dtype != bool]
+    return {"columns": list(frame.columns), "rows": records, "numeric": numeric}
+
+
+def _power_of_ten(values: pd.Series) -> int:
+    finite = values[np.isfinite(values)].abs()
+    if finite.empty or finite.max() == 0:
+        return 0
+    exponent = int(np.floor(np.log10(finite.max())))
+    return exponent if exponent <= -3 or exponent >= 4 else 0
+
+
+def _yes_no(value) -> str:
+    text = str(value).strip().lower()
+    return {"true": "yes", "false": "no", "1": "yes", "0": "no"}.get(text, str(value))
+
+
+def _p_value(value) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    value = float(value)
+    return "< 0.0001" if value < 1e-4 else format_number(value, 2)
 
 
 def _mean_sd(values: pd.Series, members: list[str]) -> str:
     part = values.reindex(members).dropna()
-    return f"{part.mean():.1f} ({part.std(ddof=1):.1f})" if len(part) > 1 else "n/a"
+    if len(part) < 2:
+        return "n/a"
+    return f"{_fixed(part.mean(), 1)} ({_fixed(part.std(ddof=1), 1)})"
 
 
 def _mean_range(values: pd.Series) -> str:
     part = values.dropna()
     if part.empty:
         return "n/a"
-    return f"{part.mean():.1f} ({part.min():.0f}-{part.max():.0f})"
+    return f"{_fixed(part.mean(), 1)} ({part.min():.0f}-{part.max():.0f})"
 
 
-def _subtitle(labels: dict | None, predictions: pd.DataFrame | None) -> str:
+def _subtitle(labels: dict | None, predictions: pd.DataFrame | None, settings: dict) -> str:
     if labels is None or predictions is None:
         return f"bids_qnet {__version__}"
     n = predictions["participant_id"].nunique()
     classes = " vs ".join(str(c) for c in labels["classes"])
-    return f"{classes}: {n} participants, out-of-fold cross-validation; bids_qnet {__version__}"
+    folds = settings.get("folds")
+    how = f"{folds}-fold cross-validation" if folds else "cross-validation"
+    return f"{classes}: {n} participants, out-of-fold results of {how}; bids_qnet {__version__}"
 
 
-def _missing(what: str) -> str:
-    return f'<p class="none">Not available: {_e(what)}.</p>'
+def plain_text(text: str | None) -> str | None:
+    """Return sidecar text without markup: ``**bold**`` and Sphinx roles become plain words."""
+    if text is None:
+        return None
+    text = re.sub(r"\*\*(.+?)\*\*", r"\1", str(text))
+    text = re.sub(r":\w+:`[^`]+`:\s*", "", text)  # "(:mod:`x.y`: each scan" -> "(each scan"
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return re.sub(r"``?([^`]+)``?", r"\1", text)
 
 
-def _flatten(value) -> str:
+def _text(value) -> str | None:
+    if value is None:
+        return None
     if isinstance(value, dict):
-        return "; ".join(f"{k}: {_flatten(v)}" for k, v in value.items())
+        return "; ".join(f"{k}: {_text(v)}" for k, v in value.items())
     if isinstance(value, list | tuple):
-        return ", ".join(_flatten(v) for v in value)
+        return ", ".join(_text(v) or "" for v in value)
     return str(value)
 
 

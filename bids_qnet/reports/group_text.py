@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bids_qnet.outputs import names
+
 CITATIONS = (
     "Zabihi et al. Q-Net: deep learning classification of hereditary hemochromatosis from QSM, "
     "R2* and T1w images of the basal ganglia (the method bids_qnet implements).",
@@ -29,40 +31,40 @@ CITATIONS = (
     "with cross-correlation. Med Image Anal 2008;12:26-41 (ANTs, through antspyx).",
 )
 
-# Heading and caption by the first token of a figure's file name (its ``desc-`` entity).
+# Heading and caption of each group figure, by file name.
 FIGURE_TEXT = {
-    "desc-rocscan": (
+    names.ROC_FIGURE.format(level="scan"): (
         "ROC, scan level",
         "Out-of-fold ROC curves, one point per participant scan, pooled over the test folds.",
     ),
-    "desc-rocimage": (
+    names.ROC_FIGURE.format(level="image"): (
         "ROC, image level",
         "Out-of-fold ROC curves, one point per slice, pooled over the test folds.",
     ),
-    "desc-aucboxplotscan": (
+    names.AUC_BOXPLOT.format(level="scan"): (
         "Bootstrap AUC, scan level",
         "AUC over stratified bootstrap replicates (participants resampled within each class). "
         "Brackets: paired DeLong tests, Holm-adjusted; **** p<=1e-4, *** p<=1e-3, ** p<=0.01, "
         "* p<=0.05, ns otherwise.",
     ),
-    "desc-aucboxplotimage": (
+    names.AUC_BOXPLOT.format(level="image"): (
         "Bootstrap AUC, image level",
         "AUC over bootstrap replicates resampling whole participants (all their slices) within "
         "each class. Brackets: clustered paired comparisons, Holm-adjusted.",
     ),
-    "desc-igoverlay": (
+    names.IG_OVERLAY: (
         "Integrated Gradients through Q-Net",
         "Class-average attribution of each participant's slices, computed with the fold model "
         "that did not see the participant, mapped back to template space and drawn over the "
         "template; axial slices through the basal ganglia, neurological orientation (left on "
         "the left).",
     ),
-    "desc-gradcamoverlay": (
+    names.GRADCAM_OVERLAY: (
         "Grad-CAM on the stage-1 network",
         "Class-average Grad-CAM of ResNetSWA's last convolutional block (coarse: 7x7 cells at "
         "224 px), mapped back to template space.",
     ),
-    "desc-igregions": (
+    names.IG_REGIONS_BARPLOT: (
         "Relevance per atlas region",
         "Integrated Gradients relevance summarised over the atlas labels inside the crop, per "
         "channel and class.",
@@ -124,3 +126,49 @@ def methods_paragraph(settings: dict, labels: dict | None) -> str:
         f"(as pROC, Robin et al. 2011). {attribution}"
         f"Computed with bids_qnet {get('version')}."
     )
+
+
+def statistics_note(settings: dict, labels: dict | None) -> list[str]:
+    """Return how to read the performance and comparison tables, in plain words.
+
+    Parameters
+    ----------
+    settings : dict
+        ``Settings.to_dict()`` of the group run.
+    labels : dict or None
+        ``desc-cv_labels.json``.
+
+    Returns
+    -------
+    list of str
+        Short paragraphs.
+    """
+    classes = [str(c) for c in labels["classes"]] if labels else []
+    if len(classes) == 2:
+        positive = labels.get("positive") or classes[1]
+        other = classes[0] if positive == classes[1] else classes[1]
+        auc = (
+            f"The AUC is the chance that the model scores a randomly chosen {positive} "
+            f"participant higher than a randomly chosen {other} participant: 0.5 is guessing, "
+            "1 is a perfect separation."
+        )
+    else:
+        auc = "The AUC (0.5 is guessing, 1 perfect separation) averages one class against the rest."
+    replicates = settings.get("bootstrap_replicates")
+    return [
+        "Every prediction comes from a model that did not see the participant during training "
+        "(out-of-fold): the figures estimate how the method would do on new participants of "
+        "the same kind. Sensitivity is the share of positive participants recognised, "
+        "specificity the share of the others recognised; in brackets, the mean ± standard "
+        "deviation over the folds.",
+        auc,
+        f"The 95% interval comes from redrawing the participants {replicates} times, within "
+        "each class: a wide interval means the data cannot pin the AUC down.",
+        "Two models are compared on the same participants (a paired test): DeLong's test for "
+        "the scan level, and at the image level a version that counts the slices of one "
+        "participant as one unit, since they are not independent. The p-value is the chance "
+        "of a difference at least this large if the two models were equally good; with several "
+        "comparisons it is adjusted (Holm), and the stars mark adjusted p ≤ 0.05 (*), 0.01 (**), "
+        "0.001 (***) and 0.0001 (****); ns: no detectable difference, which is not proof that "
+        "the models are equal.",
+    ]

@@ -13,9 +13,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bids_qnet.derivatives import write_atomic
 from bids_qnet.errors import InputDataError, UsageError
-from bids_qnet.metrics import auc_mann_whitney
+from bids_qnet.outputs.atomic import write_figure
+from bids_qnet.stats.metrics import auc_mann_whitney
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,6 @@ def roc_figure(
         ax.set_title(title)
     fig.tight_layout()
     out_path = Path(out_path)
-    write_atomic(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, facecolor="white"))
+    write_figure(out_path, fig, DPI)
     logger.debug("wrote ROC figure %s", out_path)
     return out_path

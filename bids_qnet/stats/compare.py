@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from bids_qnet.errors import InputDataError
-from bids_qnet.metrics import auc_mann_whitney
 from bids_qnet.stats.bootstrap import (
     DEFAULT_REPLICATES,
     bootstrap_auc,
@@ -35,6 +34,7 @@ from bids_qnet.stats.bootstrap import (
 )
 from bids_qnet.stats.clustered import obuchowski_test
 from bids_qnet.stats.delong import AUCComparison, delong_test
+from bids_qnet.stats.metrics import auc_mann_whitney
 from bids_qnet.stats.significance import holm, stars
 
 logger = logging.getLogger(__name__)
@@ -184,15 +184,9 @@ def compare_models(
         raise InputDataError(f"out-of-fold predictions lack column(s): {', '.join(missing)}")
     if predictions.empty:
         return empty_result("no predictions")
-    score = pd.to_numeric(predictions["score"], errors="coerce")
-    if score.isna().all():
+    data = _two_class_scores(predictions)
+    if data is None:
         return empty_result("more than two classes (no two-class score); AUC tests need two")
-    if score.isna().any():
-        raise InputDataError("out-of-fold predictions: 'score' is missing for some rows only")
-    labels = pd.to_numeric(predictions["label"], errors="coerce")
-    if not labels.isin([0, 1]).all():
-        raise InputDataError("out-of-fold predictions: labels must be 0/1 for two classes")
-    data = predictions.assign(score=score, label=labels.astype(int))
     per_participant = data.groupby("participant_id")["label"].nunique()
     if (per_participant > 1).any():
         bad = ", ".join(per_participant[per_participant > 1].index.astype(str)[:5])
@@ -214,39 +208,70 @@ def compare_models(
         y = participant_label.loc[ids].to_numpy()
         clusters = np.searchsorted(participants, ids)
         comparison_rows += level_comparisons(units, y, level, conf_level)
-        for model in units.columns:
-            aucs = bootstrap_auc(y, units[model].to_numpy(), clusters, counts)
-            low, high = percentile_ci(aucs, conf_level)
-            interval_rows.append(
-                {
-                    "level": level,
-                    "model": model,
-                    "auc": auc_mann_whitney(y, units[model].to_numpy()),
-                    "ci_low": low,
-                    "ci_high": high,
-                    "n_replicates": int(np.isfinite(aucs).sum()),
-                }
-            )
-            replicate_frames.append(
-                pd.DataFrame(
-                    {"level": level, "model": model, "replicate": np.arange(aucs.size), "auc": aucs}
-                )
-            )
+        intervals, replicates = level_bootstrap(units, y, clusters, counts, level, conf_level)
+        interval_rows += intervals
+        replicate_frames += replicates
+    notes["n_replicates"] = int(n_replicates)
+    notes["seed"] = seed if isinstance(seed, int) else None
+    replicates = (
+        pd.concat(replicate_frames, ignore_index=True)
+        if replicate_frames
+        else pd.DataFrame(columns=list(REPLICATE_COLUMNS))
+    )
+    intervals = pd.DataFrame(interval_rows, columns=list(INTERVAL_COLUMNS))
+    return ModelComparison(_adjusted(comparison_rows), replicates, intervals, notes)
+
+
+def _adjusted(comparison_rows: list[dict]) -> pd.DataFrame:
+    """Return the pairwise tests with Holm-adjusted p-values (within a level) and stars."""
     comparisons = pd.DataFrame(comparison_rows, columns=list(COMPARISON_COLUMNS))
     for _, group in comparisons.groupby("level", sort=False):
         comparisons.loc[group.index, "p_holm"] = holm(group["p"].to_numpy(dtype=float))
     comparisons["stars"] = [stars(p) for p in comparisons["p_holm"]]
     comparisons["n_images"] = comparisons["n_images"].astype("Int64")
-    notes["n_replicates"] = int(n_replicates)
-    notes["seed"] = seed if isinstance(seed, int) else None
-    return ModelComparison(
-        comparisons,
-        pd.concat(replicate_frames, ignore_index=True)
-        if replicate_frames
-        else pd.DataFrame(columns=list(REPLICATE_COLUMNS)),
-        pd.DataFrame(interval_rows, columns=list(INTERVAL_COLUMNS)),
-        notes,
-    )
+    return comparisons
+
+
+def _two_class_scores(predictions: pd.DataFrame) -> pd.DataFrame | None:
+    """Return the predictions with numeric scores and 0/1 labels; None without any score."""
+    score = pd.to_numeric(predictions["score"], errors="coerce")
+    if score.isna().all():
+        return None
+    if score.isna().any():
+        raise InputDataError("out-of-fold predictions: 'score' is missing for some rows only")
+    labels = pd.to_numeric(predictions["label"], errors="coerce")
+    if not labels.isin([0, 1]).all():
+        raise InputDataError("out-of-fold predictions: labels must be 0/1 for two classes")
+    return predictions.assign(score=score, label=labels.astype(int))
+
+
+def level_bootstrap(
+    units: pd.DataFrame, y, clusters, counts, level: str, conf_level: float
+) -> tuple[list[dict], list[pd.DataFrame]]:
+    """Bootstrap each model's AUC at one level: its interval rows and replicate tables.
+
+    ``counts`` are the participant draws shared by every model and both levels.
+    """
+    interval_rows, replicate_frames = [], []
+    for model in units.columns:
+        aucs = bootstrap_auc(y, units[model].to_numpy(), clusters, counts)
+        low, high = percentile_ci(aucs, conf_level)
+        interval_rows.append(
+            {
+                "level": level,
+                "model": model,
+                "auc": auc_mann_whitney(y, units[model].to_numpy()),
+                "ci_low": low,
+                "ci_high": high,
+                "n_replicates": int(np.isfinite(aucs).sum()),
+            }
+        )
+        replicate_frames.append(
+            pd.DataFrame(
+                {"level": level, "model": model, "replicate": np.arange(aucs.size), "auc": aucs}
+            )
+        )
+    return interval_rows, replicate_frames
 
 
 def level_comparisons(

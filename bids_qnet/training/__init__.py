@@ -1,1 +1,1 @@
-"""Training and inference loops of the Q-Net stages."""
+"""Training: splits, augmentation, the two stages, estimators and resumable cross-validation."""

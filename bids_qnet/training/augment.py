@@ -12,7 +12,7 @@ Every random choice (whether a step applies, and its parameters, crop position i
 a seed (``torch.manual_seed``) gives the same images on any device up to float rounding. Only
 the crop size is fixed: ``CROP_SCALE`` of the side. After stretching, slices are zero-padded to
 a centred square (0 is the background), so rotations are isotropic and the final resize keeps
-the aspect ratio, as :func:`bids_qnet.embed.embed_slices` does.
+the aspect ratio, as :func:`bids_qnet.models.embedding.embed_slices` does.
 
 Grid distortion is albumentations' GridDistortion rather than v2's ElasticTransform: each axis
 is cut into ``num_steps`` cells whose widths are scaled by ``1 + U(-limit, limit)`` and mapped
@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from bids_qnet.embed import IMAGENET_MEAN, IMAGENET_STD
 from bids_qnet.errors import InputDataError, UsageError
+from bids_qnet.models.embedding import channel_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -228,11 +228,7 @@ class Pipeline(v2.Compose):
 def _pipeline(image_size: int, n_channels: int, middle: list[nn.Module], random: bool):
     if int(image_size) < 1 or int(n_channels) < 1:
         raise UsageError(f"image_size and n_channels must be positive ({image_size}, {n_channels})")
-    if int(n_channels) == 3:
-        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-    else:
-        mean = [sum(IMAGENET_MEAN) / 3.0] * int(n_channels)
-        std = [sum(IMAGENET_STD) / 3.0] * int(n_channels)
+    mean, std = (list(values) for values in channel_statistics(n_channels))
     steps = [HistogramStretch(), PadToSquare(), *middle, CropResize(image_size, random=random)]
     return Pipeline([*steps, v2.Normalize(mean, std)], n_channels)
 
@@ -296,3 +292,22 @@ def test_transform(image_size: int, n_channels: int) -> Pipeline:
 
 
 test_transform.__test__ = False  # not a pytest test when imported into a test module
+
+
+class RandomShift(nn.Module):
+    """Shift every image of a batch by the same whole number of voxels (up to ``max_shift``).
+
+    The quantitative preset's only augmentation: it mimics registration jitter against the
+    fixed atlas regions and leaves every value, hence every physical unit, as it was. The
+    shift (one per batch, wrapped around the border) is drawn with torch's global generator.
+    """
+
+    def __init__(self, max_shift: int = 1) -> None:
+        super().__init__()
+        self.max_shift = int(max_shift)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        if self.max_shift < 1:
+            return x
+        dy, dx = torch.randint(-self.max_shift, self.max_shift + 1, (2,)).tolist()
+        return torch.roll(x, (int(dy), int(dx)), dims=(-2, -1))

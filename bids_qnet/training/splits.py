@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from bids_qnet.derivatives import write_atomic
 from bids_qnet.errors import DataLeakageError, InputDataError, MissingInputError, UsageError
+from bids_qnet.outputs.atomic import write_table
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +71,7 @@ def make_splits(
             f"participants listed more than once: {', '.join(repeated)}; split by participant "
             "(one entry each), or their sessions would land on both sides of a split"
         )
-    if isinstance(folds, bool) or int(folds) != folds or folds < 2:
-        raise UsageError(f"folds must be an integer of at least 2, got {folds!r}")
-    if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1:
-        raise UsageError(f"repeats must be an integer of at least 1, got {repeats!r}")
-    counts = Counter(int(label) for label in labels)
-    smallest = min(counts.values()) if counts else 0
-    if folds > smallest:
-        per_class = ", ".join(f"class {k}: {n}" for k, n in sorted(counts.items())) or "none"
-        raise UsageError(
-            f"{folds} folds need at least {folds} participants in every class ({per_class}); "
-            f"use {max(smallest, 2)} folds or fewer, or add participants."
-        )
-
+    _check_counts(labels, folds, repeats)
     order = np.argsort(ids, kind="stable")
     ids_sorted = np.asarray(ids, dtype=object)[order]
     labels_sorted = np.asarray(labels, dtype=int)[order]
@@ -110,6 +98,22 @@ def make_splits(
         "%d participants in %d folds x %d repeats (seed %d)", len(ids), folds, repeats, seed
     )
     return splits
+
+
+def _check_counts(labels, folds, repeats) -> None:
+    """Refuse non-integer or too few folds or repeats, and a class smaller than ``folds``."""
+    if isinstance(folds, bool) or int(folds) != folds or folds < 2:
+        raise UsageError(f"folds must be an integer of at least 2, got {folds!r}")
+    if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1:
+        raise UsageError(f"repeats must be an integer of at least 1, got {repeats!r}")
+    counts = Counter(int(label) for label in labels)
+    smallest = min(counts.values()) if counts else 0
+    if folds > smallest:
+        per_class = ", ".join(f"class {k}: {n}" for k, n in sorted(counts.items())) or "none"
+        raise UsageError(
+            f"{folds} folds need at least {folds} participants in every class ({per_class}); "
+            f"use {max(smallest, 2)} folds or fewer, or add participants."
+        )
 
 
 def train_test_ids(splits: pd.DataFrame, repeat: int, fold: int) -> tuple[list[str], list[str]]:
@@ -192,7 +196,7 @@ def write_splits(splits: pd.DataFrame, path: Path) -> None:
     _check_columns(splits, "splits table")
     table = splits.loc[:, list(SPLIT_COLUMNS)]
     path = Path(path)
-    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, lineterminator="\n"))
+    write_table(path, table, lineterminator="\n")
     logger.debug("wrote splits %s", path)
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bids_qnet.embed import resolve_device
 from bids_qnet.errors import InputDataError, UsageError
+from bids_qnet.models.device import resolve_device
 from bids_qnet.models.qnet import QNet, qnet_loss
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,10 @@ class Stage2Config:
         Seeds the initial weights, dropout and the order of mini-batches.
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+    weight_decay : float
+        AdamW weight decay; 0 means Adam (the paper).
+    standardise : bool
+        Standardise the embeddings with the training participants' mean and SD per feature.
     """
 
     epochs: int = 50
@@ -55,6 +59,8 @@ class Stage2Config:
     image_loss_weight: float = 0.5
     seed: int = 42
     device: str = "cpu"
+    weight_decay: float = 0.0
+    standardise: bool = False
 
 
 @dataclass
@@ -92,7 +98,11 @@ def build_qnet(n_classes: int, config: Stage2Config, in_features: int = 512) -> 
     QNet
     """
     return QNet(
-        in_features=in_features, hidden=config.hidden, n_classes=n_classes, dropout=config.dropout
+        in_features=in_features,
+        hidden=config.hidden,
+        n_classes=n_classes,
+        dropout=config.dropout,
+        standardise=config.standardise,
     )
 
 
@@ -136,6 +146,7 @@ def train_stage2(
     n_classes: int,
     config: Stage2Config,
     progress: Callable[[dict], None] | None = None,
+    offsets: np.ndarray | None = None,
 ) -> Stage2Result:
     """Train the stage-2 model on participants' slice embeddings.
 
@@ -151,6 +162,9 @@ def train_stage2(
         Training settings.
     progress : callable, optional
         Called after each epoch with that epoch's history record.
+    offsets : numpy.ndarray, optional
+        ``(N, K)`` fixed scan logits added to the model's (a regional read-out): the Bi-LSTM
+        then learns what they miss.
 
     Returns
     -------
@@ -176,30 +190,32 @@ def train_stage2(
         raise InputDataError("stage 2 embeddings contain non-finite values")
     device = resolve_device(config.device)
     n_participants, _, in_features = all_x.shape
+    fixed = _offsets(offsets, n_participants, n_classes)
     history: list[dict] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        model = build_qnet(n_classes, config, in_features).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        model = build_qnet(n_classes, config, in_features)
+        if config.standardise:
+            mean, scale = embedding_statistics(embeddings)
+            model.set_standardisation(mean, scale)
+        model.to(device)
+        if config.weight_decay > 0:
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+            )
+        else:
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         order_rng = torch.Generator().manual_seed(config.seed)
-        logger.info("stage 2: %d participants, %s on %s", n_participants, config, device)
+        logger.debug("stage 2: %d participants, %s on %s", n_participants, config, device)
         for epoch in range(1, config.epochs + 1):
             start = time.perf_counter()
-            model.train()
-            total_loss, correct = 0.0, 0
             order = torch.randperm(n_participants, generator=order_rng).tolist()
-            for first in range(0, n_participants, config.batch_size):
-                chosen = order[first : first + config.batch_size]
-                lengths = all_lengths[chosen]
-                x = all_x[chosen, : int(lengths.max())]
-                y = targets[chosen].to(device)
-                image_logits, scan_logits = model(x.to(device), lengths)
-                loss = qnet_loss(image_logits, scan_logits, y, lengths, config.image_loss_weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += float(loss.detach()) * len(chosen)
-                correct += int((scan_logits.detach().argmax(dim=1) == y).sum())
+            batches = [
+                order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+            ]
+            total_loss, correct = _epoch(
+                model, optimizer, (all_x, all_lengths, targets, fixed), batches, config, device
+            )
             record = {
                 "epoch": epoch,
                 "loss": total_loss / n_participants,
@@ -216,8 +232,67 @@ def train_stage2(
     return Stage2Result(state=state, history=history)
 
 
+def _epoch(model, optimizer, data, batches, config: Stage2Config, device) -> tuple[float, int]:
+    """Train one epoch on the given mini-batches; return the summed loss and correct scans."""
+    all_x, all_lengths, targets, fixed = data
+    model.train()
+    total_loss, correct = 0.0, 0
+    for chosen in batches:
+        lengths = all_lengths[chosen]
+        x = all_x[chosen, : int(lengths.max())]
+        y = targets[chosen].to(device)
+        image_logits, scan_logits = model(x.to(device), lengths)
+        scan_logits = scan_logits + fixed[chosen].to(device)
+        loss = qnet_loss(image_logits, scan_logits, y, lengths, config.image_loss_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(chosen)
+        correct += int((scan_logits.detach().argmax(dim=1) == y).sum())
+    return total_loss, correct
+
+
+def qnet_from_state(state: dict, n_classes: int, config: Stage2Config | None = None) -> QNet:
+    """Rebuild a trained Q-Net from its state dict; sizes and standardisation come from it.
+
+    Raises
+    ------
+    UsageError
+        If the state does not fit a Q-Net with ``n_classes`` classes.
+    """
+    config = config or Stage2Config()
+    try:
+        in_features = int(state["lstm.weight_ih_l0"].shape[1])
+        hidden = int(state["lstm.weight_hh_l0"].shape[1])
+        shape = replace(config, hidden=hidden, standardise="input_mean" in state)
+        model = build_qnet(n_classes, shape, in_features)
+        model.load_state_dict(state)
+    except (KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        raise UsageError(f"stage-2 weights do not fit n_classes={n_classes}: {exc!r}") from exc
+    return model
+
+
+def embedding_statistics(embeddings: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Return the mean and SD of each embedding feature over all slices of all participants."""
+    stacked = np.concatenate([np.asarray(e, dtype=np.float64) for e in embeddings])
+    return stacked.mean(axis=0), stacked.std(axis=0)
+
+
+def _offsets(offsets, n: int, n_classes: int) -> Tensor:
+    if offsets is None:
+        return torch.zeros(n, int(n_classes))
+    fixed = torch.as_tensor(np.asarray(offsets, dtype=np.float32))
+    if fixed.shape != (n, int(n_classes)) or not bool(torch.isfinite(fixed).all()):
+        raise InputDataError(f"offsets must be finite, shape ({n}, {n_classes})")
+    return fixed
+
+
 def predict_stage2(
-    state: dict, embeddings: Sequence[np.ndarray], n_classes: int, config: Stage2Config
+    state: dict,
+    embeddings: Sequence[np.ndarray],
+    n_classes: int,
+    config: Stage2Config,
+    offsets: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Predict image-level and scan-level logits with a trained stage-2 model.
 
@@ -230,7 +305,10 @@ def predict_stage2(
     n_classes : int
         Number of classes the model was trained with.
     config : Stage2Config
-        Provides ``hidden``, ``batch_size`` and ``device``.
+        Provides ``batch_size`` and ``device``; the hidden size and whether the input is
+        standardised are read from ``state``.
+    offsets : numpy.ndarray, optional
+        ``(N, K)`` scan logits added to the model's (see :func:`train_stage2`).
 
     Returns
     -------
@@ -249,15 +327,10 @@ def predict_stage2(
         raise UsageError(f"batch_size must be at least 1, got {config.batch_size}")
     if len(embeddings) == 0:
         return []
-    try:
-        in_features = int(state["lstm.weight_ih_l0"].shape[1])
-        model = build_qnet(n_classes, config, in_features)
-        model.load_state_dict(state)
-    except (KeyError, IndexError, AttributeError, RuntimeError) as exc:
-        raise UsageError(
-            f"stage-2 weights do not fit n_classes={n_classes}, hidden={config.hidden}: {exc!r}"
-        ) from exc
+    model = qnet_from_state(state, n_classes, config)
+    in_features = model.in_features
     device = resolve_device(config.device)
+    fixed = _offsets(offsets, len(embeddings), n_classes)
     model.to(device).eval()
     results: list[tuple[np.ndarray, np.ndarray]] = []
     with torch.inference_mode():
@@ -268,6 +341,7 @@ def predict_stage2(
                     f"embeddings have {x.shape[2]} features; the model expects {in_features}"
                 )
             image_logits, scan_logits = model(x.to(device), lengths)
+            scan_logits = scan_logits + fixed[first : first + len(lengths)].to(device)
             image_np = image_logits.float().cpu().numpy()
             scan_np = scan_logits.float().cpu().numpy()
             for row, length in enumerate(lengths.tolist()):

@@ -1,1 +1,1 @@
-"""Nipype workflows: wiring only; the work is done by the step functions and computation modules."""
+"""Wiring of both levels: the nipype graph, its steps and sink, the group level and its results."""

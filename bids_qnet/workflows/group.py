@@ -1,325 +1,285 @@
-"""The group level: cross-validated ResNet, ResNetSWA and Q-Net, then a final model.
+"""The group level: cross-validated ROI baseline, ResNet, ResNetSWA and Q-Net, then a final model.
 
-Wiring only: the models and training loops live in :mod:`bids_qnet.models` and
-:mod:`bids_qnet.training`, the metrics in :mod:`bids_qnet.metrics`. Every fold writes its
-checkpoints and out-of-fold predictions under ``models/repeat-<r>_fold-<k>/`` and marks itself
-done last, so an interrupted run resumes at the next unfinished fold and ``--fold`` lets a
-cluster run folds as separate jobs that a final call gathers.
+Wiring only: the scans and labels come from :mod:`bids_qnet.inputs`, the cross-validation, the
+model families and the final model from :mod:`bids_qnet.training`, the results from
+:mod:`bids_qnet.workflows.results`, the attribution from :mod:`bids_qnet.attribution` and the
+page from :mod:`bids_qnet.reports.group`; every path from the naming table.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from pathlib import Path
-from typing import Any
 
-import pandas as pd
-
-from bids_qnet import __version__
 from bids_qnet.config import Settings
-from bids_qnet.derivatives import CROP_DESC, write_atomic, write_bidsignore, write_json
+from bids_qnet.config.sections import DEFAULT_CROP_REGIONS
 from bids_qnet.errors import EXIT_SUCCESS, UsageError
-from bids_qnet.group_inputs import Scan, check_consistent, find_scans
-from bids_qnet.integrity import file_sha256
-from bids_qnet.prediction import predict_scans
-from bids_qnet.provenance import software_versions
+from bids_qnet.inputs.labels import LabelSpec, load_covariates, load_labels
+from bids_qnet.inputs.scans import Scan, check_consistent, find_scans
+from bids_qnet.models.device import choose_device, cpu_reason
+from bids_qnet.models.presets import get_preset
+from bids_qnet.outputs.atomic import write_json, write_table, write_text
+from bids_qnet.outputs.derivatives import write_bidsignore
+from bids_qnet.outputs.names import GroupFiles
+from bids_qnet.outputs.warnings import record_warning, reset_warnings
+from bids_qnet.preprocess.crop_grid import crop_grid
 from bids_qnet.reports.group import write_group_report
-from bids_qnet.stats import write_model_comparisons
+from bids_qnet.training.base import FitParams, GroupContext
+from bids_qnet.training.cv import CrossValidation, prepare_splits
+from bids_qnet.training.fitted import model_card
+from bids_qnet.training.registry import BASELINE_MODEL
+from bids_qnet.workflows.results import pooled_scan_metrics, write_results
 
 LOGGER = logging.getLogger(__name__)
-MODELS = ("ResNet", "ResNetSWA", "QNet")
 
 
 def run_group_level(settings: Settings) -> int:
-    """Cross-validate the three models, gather the results and train the final model."""
-    from bids_qnet.embed import resolve_device
-    from bids_qnet.labels import load_labels
-    from bids_qnet.training.splits import make_splits, read_splits, write_splits
-
-    device = resolve_device(settings.device)
-    scans = find_scans(settings.output_dir, CROP_DESC[settings.crop])
-    settings.save(settings.output_dir / "logs" / f"group_{settings.run_id}_settings.json")
+    """Cross-validate the models, gather the results and train the final model."""
+    files = GroupFiles(settings.output_dir)
+    device, reason = choose_device(settings.execution.device)
+    LOGGER.info("device: %s", reason)
+    scans = find_scans(settings.output_dir, settings.preprocessing.crop)
+    write_json(files.settings(settings.run_id), recorded_settings(settings, device))
     write_bidsignore(settings.output_dir)
+    reset_warnings(settings.output_dir)
+    if device.type == "cpu" and settings.execution.device == "auto":
+        record_warning(
+            settings.output_dir,
+            "device",
+            f"Training and attribution ran on the CPU: {cpu_reason()}.",
+            severity="info",
+            log=False,
+        )
     check_consistent(scans)
-    labels, spec, notes = load_labels(
-        settings.bids_dir / "participants.tsv",
-        settings.label_column,
-        settings.classes,
-        settings.positive_class,
-        settings.bins,
-    )
-    for note in notes:
-        LOGGER.warning("left out: %s", note)
-    unlabelled = sorted({s.participant_id for s in scans} - set(labels))
-    if unlabelled:
-        LOGGER.warning("left out, no label in participants.tsv: %s", ", ".join(unlabelled))
-    missing = sorted(set(labels) - {s.participant_id for s in scans})
-    if missing:
-        LOGGER.warning("left out, no participant-level outputs: %s", ", ".join(missing))
-    scans = [s for s in scans if s.participant_id in labels]
+    scans, labels, spec = labelled_scans(settings, scans)
+    participant_warnings(settings.output_dir, scans)
     participants = sorted({s.participant_id for s in scans})
-
-    splits_path = settings.output_dir / "desc-cv_splits.tsv"
-    splits = make_splits(
+    training = settings.training
+    splits = prepare_splits(
+        files,
         participants,
         [labels[p] for p in participants],
-        settings.folds,
-        settings.cv_repeats,
-        settings.random_seed,
+        training.folds,
+        training.cv_repeats,
+        settings.execution.random_seed,
     )
-    if splits_path.is_file():
-        previous = read_splits(splits_path)
-        if not _same_splits(previous, splits):
-            raise UsageError(
-                f"{splits_path} holds other splits (participants, folds or seed changed); "
-                "use another output_dir or delete models/ and the splits to start over"
-            )
-    write_splits(splits, splits_path)
-    write_json(settings.output_dir / "desc-cv_labels.json", spec.to_dict())
-
-    folds = split_folds(splits)
-    if settings.fold is not None:
-        folds = [(r, f) for r, f in folds if f == settings.fold]
-        if not folds:
-            raise UsageError(f"--fold {settings.fold} is not a fold of {splits_path}")
-    n_classes = len(spec.classes)
-    for repeat, fold in folds:
-        run_fold(settings, scans, labels, splits, repeat, fold, n_classes, device)
-    if settings.fold is not None:
-        LOGGER.info("fold %d done; run again without --fold to gather all folds", settings.fold)
+    write_json(files.labels, spec.to_dict())
+    context = group_context(settings, scans)
+    params = fit_params(settings, device)
+    progress = EpochProgress(params)
+    cv = CrossValidation(
+        files,
+        splits,
+        scans,
+        labels,
+        len(spec.classes),
+        params,
+        settings.training_record(),
+        settings.execution.overwrite,
+        progress,
+        context,
+    )
+    folds = cv.folds(training.fold)
+    for number, (repeat, fold) in enumerate(folds, 1):
+        progress.fold(number, len(folds), repeat, fold, training.cv_repeats)
+        cv.run_fold(repeat, fold)
+    progress.done()
+    if training.fold is not None:
+        LOGGER.info("fold %d done; run again without --fold to gather all folds", training.fold)
         return EXIT_SUCCESS
-    predictions = gather(settings, splits)
-    if settings.attribution != "none":
+    predictions = cv.gather()
+    seed = settings.execution.random_seed
+    write_results(files, predictions, settings.statistics.bootstrap_replicates, seed)
+    if settings.attribution.enabled:
         from bids_qnet.attribution import attribute_cohort
 
         attribute_cohort(settings, scans, labels, spec, splits, predictions)
-    final_model(settings, scans, labels, spec, n_classes, device, predictions)
-    write_group_report(settings.output_dir, settings.bids_dir, settings.to_dict())
+    progress.final()
+    final = cv.fit_final()
+    progress.done()
+    card = model_card(
+        final,
+        spec,
+        settings.inputs.channels,
+        settings.preprocessing.crop,
+        settings.training_record(),
+        participants,
+        pooled_scan_metrics(predictions),
+    )
+    write_json(files.final.card, card)
+    baseline = final.family(BASELINE_MODEL)
+    if baseline is not None:
+        write_table(files.roi_coefficients, baseline.coefficients())
+    recorded = recorded_settings(settings, device)
+    write_text(files.citation, group_citation(recorded, spec.to_dict()))
+    write_group_report(settings.output_dir, settings.bids_dir, recorded)
     return EXIT_SUCCESS
 
 
-def split_folds(splits: pd.DataFrame) -> list[tuple[int, int]]:
-    """Return the sorted (repeat, fold) pairs of a splits table."""
-    pairs = zip(splits["repeat"], splits["fold"], strict=True)
-    return sorted({(int(r), int(f)) for r, f in pairs})
+def recorded_settings(settings: Settings, device) -> dict:
+    """Return the settings the group run saves and reports, with the device it used."""
+    return settings.to_dict() | {"device_used": str(device)}
 
 
-def fold_dir(settings: Settings, repeat: int, fold: int) -> Path:
-    """Return the folder of one fold's checkpoints and predictions."""
-    return settings.output_dir / "models" / f"repeat-{repeat}_fold-{fold}"
+def group_citation(settings: dict, labels: dict | None) -> str:
+    """Return ``group_CITATION.md``: the group level's methods paragraph and references."""
+    from bids_qnet.reports.group_text import CITATIONS, methods_paragraph
 
-
-def run_fold(settings, scans, labels, splits, repeat, fold, n_classes, device) -> pd.DataFrame:
-    """Train and evaluate one fold, or read its results when it is already done."""
-    from bids_qnet.training.splits import check_no_leakage, train_test_ids
-
-    folder = fold_dir(settings, repeat, fold)
-    done = folder / "done.json"
-    config = training_config(settings)
-    if not settings.overwrite and fold_is_done(folder, config):
-        LOGGER.info("repeat %d fold %d already done", repeat, fold)
-        return pd.read_csv(folder / "predictions.tsv", sep="\t")
-    done.unlink(missing_ok=True)  # the fold is not done until all its files are rewritten
-    start = time.perf_counter()
-    train_ids, test_ids = train_test_ids(splits, repeat, fold)
-    check_no_leakage(train_ids, test_ids, f"repeat {repeat} fold {fold}")
-    train = [s for s in scans if s.participant_id in set(train_ids)]
-    test = [s for s in scans if s.participant_id in set(test_ids)]
-    check_no_leakage([s.participant_id for s in train], [s.participant_id for s in test])
-    seed = settings.random_seed + 1000 * repeat + fold
-    LOGGER.info(
-        "repeat %d fold %d: %d training and %d test scans", repeat, fold, len(train), len(test)
+    references = "\n".join(f"{k}. {text}" for k, text in enumerate(CITATIONS, 1))
+    return (
+        f"# Methods of the group level (generated by bids_qnet {settings.get('version')})\n\n"
+        f"{methods_paragraph(settings, labels)}\n\n## References\n\n{references}\n"
     )
-    fitted = fit_models(settings, train, labels, n_classes, device, seed, folder)
-    rows = predict_scans(
-        fitted, test, labels, n_classes, device, settings.image_size, settings.embedding_batch_size
+
+
+def participant_warnings(output_dir, scans: list[Scan]) -> None:
+    """Add the participant level's warnings (borderline quality checks) of the scans used."""
+    from bids_qnet.outputs.names import report_data
+
+    for scan in scans:
+        path = report_data(output_dir, scan.participant_id.removeprefix("sub-"), scan.session)
+        try:
+            notes = json.loads(path.read_text()).get("Warnings") or []
+        except (OSError, ValueError):
+            continue
+        for note in notes if isinstance(notes, list) else [notes]:
+            record_warning(output_dir, "registration", str(note), participant_id=scan.scan_id)
+
+
+def labelled_scans(
+    settings: Settings, scans: list[Scan]
+) -> tuple[list[Scan], dict[str, int], LabelSpec]:
+    """Read the classes from ``participants.tsv`` and keep the scans that have one.
+
+    Participants left out (no label, no participant-level outputs) are named in the log.
+    """
+    training = settings.training
+    labels, spec, notes = load_labels(
+        settings.bids_dir / "participants.tsv",
+        training.label_column,
+        training.classes,
+        training.positive_class,
+        training.bins,
     )
-    frame = pd.DataFrame(rows).assign(repeat=repeat, fold=fold)
-    write_atomic(folder / "predictions.tsv", lambda tmp: frame.to_csv(tmp, sep="\t", index=False))
-    seconds = round(time.perf_counter() - start, 1)
-    checksums = {**fitted["checksums"], "predictions.tsv": file_sha256(folder / "predictions.tsv")}
-    record = {"config": config, "seconds": seconds, "SHA256": checksums}
-    write_json(done, record | {"Software": software_versions(), "history": fitted["history"]})
-    LOGGER.info("repeat %d fold %d done in %.1f s", repeat, fold, seconds)
-    return frame
-
-
-def fold_is_done(folder: Path, config: dict[str, Any]) -> bool:
-    """Tell whether a fold's ``done.json`` matches ``config`` and its predictions are intact."""
-    try:
-        record = json.loads((folder / "done.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if record.get("config") != config:
-        return False
-    predictions = folder / "predictions.tsv"
-    recorded = record.get("SHA256", {}).get("predictions.tsv")
-    if not predictions.is_file() or file_sha256(predictions) != recorded:
-        LOGGER.warning("%s changed since the fold finished; recomputing the fold", predictions)
-        return False
-    return True
-
-
-def training_config(settings: Settings) -> dict[str, Any]:
-    """Return the settings that define the group-level training (compared on resume)."""
-    keys = (
-        "stage1",
-        "epochs",
-        "qnet_epochs",
-        "embedding_batch_size",
-        "image_size",
-        "embedding_weights",
-        "random_seed",
-        "label_column",
-        "classes",
-        "positive_class",
-        "bins",
-    )
-    return {k: settings.to_dict()[k] for k in keys} | {"version": __version__}
-
-
-def fit_models(settings, train: list[Scan], labels, n_classes, device, seed, folder) -> dict:
-    """Train stage 1 (unless frozen) and stage 2 on the training scans; save checkpoints."""
-    from bids_qnet.training.stage1 import (
-        Stage1Config,
-        embed_slices_with,
-        load_classifier,
-        save_state,
-        train_stage1,
-    )
-    from bids_qnet.training.stage2 import Stage2Config, train_stage2
-
-    y = [labels[s.participant_id] for s in train]
-    fitted: dict[str, Any] = {"history": {}, "checksums": {}}
-    if settings.stage1 == "train":
-        stacks = [s.load_slices() for s in train]
-        config1 = Stage1Config(
-            epochs=settings.epochs,
-            batch_size=settings.embedding_batch_size,
-            image_size=settings.image_size,
-            weights=settings.embedding_weights,
-            seed=seed,
-            device=str(device),
-        )
-        result = train_stage1(stacks, y, n_classes, config1, progress=_progress("stage 1"))
-        for name, state in (("ResNet", result.last_state), ("ResNetSWA", result.swa_state)):
-            fitted["checksums"][f"{name}.pt"] = save_state(state, folder / f"{name}.pt")
-        n_channels = stacks[0].shape[1]
-        fitted["ResNet"] = load_classifier(result.last_state, n_channels, n_classes)
-        fitted["ResNetSWA"] = load_classifier(result.swa_state, n_channels, n_classes)
-        fitted["history"]["stage1"] = result.history
-        embeddings = embed_slices_with(
-            fitted["ResNetSWA"], stacks, settings.image_size, settings.embedding_batch_size, device
-        )
-    else:
-        embeddings = [s.load_embeddings() for s in train]
-    config2 = Stage2Config(
-        epochs=settings.qnet_epochs,
-        batch_size=settings.embedding_batch_size,
-        seed=seed,
-        device=str(device),
-    )
-    result2 = train_stage2(embeddings, y, n_classes, config2, progress=_progress("Q-Net"))
-    fitted["checksums"]["QNet.pt"] = save_state(result2.state, folder / "QNet.pt")
-    fitted["QNet"] = result2.state
-    fitted["stage2_config"] = config2
-    fitted["history"]["stage2"] = result2.history
-    return fitted
-
-
-def gather(settings: Settings, splits: pd.DataFrame) -> pd.DataFrame:
-    """Concatenate every fold's predictions, write them, the metrics and the ROC figures."""
-    from bids_qnet.metrics import summarise
-    from bids_qnet.reports.roc import roc_figure
-
-    frames = []
-    for repeat, fold in split_folds(splits):
-        path = fold_dir(settings, repeat, fold) / "predictions.tsv"
-        if not path.is_file():
-            raise UsageError(f"fold {fold} of repeat {repeat} has no results yet ({path})")
-        frames.append(pd.read_csv(path, sep="\t"))
-    predictions = pd.concat(frames, ignore_index=True)
     out = settings.output_dir
-    write_atomic(
-        out / "desc-oof_predictions.tsv", lambda tmp: predictions.to_csv(tmp, sep="\t", index=False)
-    )
-    metrics = pd.concat(
-        [
-            summarise(predictions[predictions["level"] == level], level)
-            for level in ("image", "scan")
-        ],
-        ignore_index=True,
-    )
-    write_atomic(
-        out / "desc-cv_metrics.tsv", lambda tmp: metrics.to_csv(tmp, sep="\t", index=False)
-    )
-    if predictions["score"].notna().any():
-        for level in ("image", "scan"):
-            subset = predictions[predictions["level"] == level]
-            curves = {
-                m: (g["label"].to_numpy(), g["score"].to_numpy())
-                for m, g in subset.groupby("model", sort=False)
-            }
-            roc_figure(
-                curves,
-                out / "figures" / f"desc-roc{level}_roc.png",
-                title=f"Out-of-fold ROC, {level} level",
+    for note in notes:
+        record_warning(out, "labels", f"left out: {note}")
+    unlabelled = sorted({s.participant_id for s in scans} - set(labels))
+    if unlabelled:
+        names = ", ".join(unlabelled)
+        record_warning(out, "labels", f"left out, no label in participants.tsv: {names}")
+    missing = sorted(set(labels) - {s.participant_id for s in scans})
+    if missing:
+        names = ", ".join(missing)
+        record_warning(out, "participants", f"left out, no participant-level outputs: {names}")
+    return [s for s in scans if s.participant_id in labels], labels, spec
+
+
+def group_context(settings: Settings, scans: list[Scan]) -> GroupContext:
+    """Return the crop's atlas regions and the covariates the models use.
+
+    The regions are ``--regions``, else those the participant level cropped around, else the
+    default crop regions (``--crop full``); each must have voxels in the crop.
+    """
+    grid = crop_grid(scans[0].slices, settings.output_dir)
+    regions = tuple(settings.training.regions or grid.regions or DEFAULT_CROP_REGIONS)
+    for name in regions:
+        if name not in grid.names.values():
+            raise UsageError(
+                f"--regions {name}: not a region of the {grid.atlas_name} atlas "
+                f"(e.g. {', '.join(DEFAULT_CROP_REGIONS[:2])})"
             )
-    LOGGER.info("cross-validation results: %s", out / "desc-cv_metrics.tsv")
-    write_model_comparisons(
-        predictions, out, n_replicates=settings.bootstrap_replicates, seed=settings.random_seed
+        if not (grid.labels == grid.region_index(name)).any():
+            raise UsageError(f"--regions {name}: the region has no voxel in the crop")
+    covariates = load_covariates(
+        settings.bids_dir / "participants.tsv", settings.training.covariates
     )
-    return predictions
+    LOGGER.info("regions: %s", ", ".join(regions))
+    return GroupContext(grid, regions, covariates)
 
 
-def final_model(settings, scans, labels, spec, n_classes, device, predictions) -> Path:
-    """Train on every labelled participant and save the models with a model card."""
-    from bids_qnet.metrics import summarise
-
-    folder = settings.output_dir / "models" / "final"
-    (folder / "model_card.json").unlink(missing_ok=True)  # no card over half-replaced weights
-    LOGGER.info("training the final model on %d scans", len(scans))
-    fitted = fit_models(settings, scans, labels, n_classes, device, settings.random_seed, folder)
-    pooled = summarise(predictions[predictions["level"] == "scan"], "scan")
-    pooled = pooled[pooled["fold"].astype(str) == "pooled"]
-    card = {
-        "Name": "bids_qnet Q-Net",
-        "Version": __version__,
-        "Classes": list(spec.classes),
-        "Labels": spec.to_dict(),
-        "Channels": settings.channels,
-        "Crop": settings.crop,
-        "TrainingSettings": training_config(settings),
-        "TrainedOn": sorted({s.participant_id for s in scans}),
-        "Models": [m for m in MODELS if f"{m}.pt" in fitted["checksums"]],
-        "SHA256": fitted["checksums"],
-        "Software": software_versions(),
-        "CrossValidatedScanMetrics": pooled.to_dict(orient="records"),
-        "History": fitted["history"],
-    }
-    return write_json(folder / "model_card.json", card)
+def fit_params(settings: Settings, device) -> FitParams:
+    """Return the fit parameters of a run (the final model's; folds derive their seeds)."""
+    return FitParams(
+        epochs=settings.training.epochs,
+        qnet_epochs=settings.training.qnet_epochs,
+        batch_size=settings.embedding.embedding_batch_size,
+        image_size=settings.embedding.image_size,
+        weights=settings.embedding.embedding_weights,
+        stage1=settings.training.stage1,
+        seed=settings.execution.random_seed,
+        device=device,
+        preset=get_preset(settings.training.preset),
+    )
 
 
-def _same_splits(previous: pd.DataFrame, new: pd.DataFrame) -> bool:
-    columns = ["participant_id", "repeat", "fold"]
-    left = previous[columns].sort_values(columns).reset_index(drop=True)
-    right = new[columns].sort_values(columns).reset_index(drop=True)
-    return left.astype(str).equals(right.astype(str))
+class EpochProgress:
+    """Log each fold as "k of K" and each epoch once, and move the progress display.
 
+    Called by the estimators with a stage label and each epoch's history record
+    (:class:`~bids_qnet.training.cv.CrossValidation`'s ``progress``).
+    """
 
-def _progress(stage: str):
-    def report(entry: dict) -> None:
-        LOGGER.info(
-            "%s epoch %s: %s",
-            stage,
-            entry.get("epoch"),
-            ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in entry.items()
-                if k != "epoch"
-            ),
+    def __init__(self, params: FitParams) -> None:
+        self.totals = {"stage 1": params.epochs, "Q-Net": params.qnet_epochs}
+        self.where = ""
+
+    def fold(self, number: int, total: int, repeat: int, fold: int, repeats: int) -> None:
+        """Announce fold ``number`` of ``total``."""
+        name = f"fold {fold}" + (f" of repeat {repeat}" if repeats > 1 else "")
+        self.where = f"fold {number}/{total}"
+        progress = {
+            "bar": "folds",
+            "desc": "folds",
+            "completed": number - 1,
+            "total": total,
+            "status": name,
+        }
+        LOGGER.info("fold %d of %d (%s)", number, total, name, extra={"progress": progress})
+
+    def final(self) -> None:
+        """Announce the final model's training."""
+        self.where = "final model"
+        progress = {
+            "bar": "folds",
+            "desc": "final model",
+            "completed": 0,
+            "total": 1,
+            "status": "all participants",
+            "quiet": True,
+        }
+        LOGGER.info("final model", extra={"progress": progress})
+
+    def done(self) -> None:
+        """Finish the folds' and epochs' display lines."""
+        for bar in ("epochs", "folds"):  # INFO: a DEBUG record would not reach the display
+            LOGGER.info(
+                "%s done", bar, extra={"progress": {"bar": bar, "close": True, "quiet": True}}
+            )
+
+    def __call__(self, stage: str, entry: dict) -> None:
+        """Log one epoch's history record of a training stage, once."""
+        total = self.totals.get(stage)
+        epoch = entry.get("epoch")
+        values = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in entry.items()
+            if k not in ("epoch", "seconds")
         )
-
-    return report
+        of = f"/{total}" if total else ""
+        progress = {
+            "bar": "epochs",
+            "desc": stage,
+            "completed": epoch,
+            "total": total,
+            "status": values,
+        }
+        LOGGER.info(
+            "%s: %s epoch %s%s: %s",
+            self.where,
+            stage,
+            epoch,
+            of,
+            values,
+            extra={"progress": progress},
+        )

@@ -2,24 +2,31 @@
 
 Nodes run the functions of :mod:`bids_qnet.workflows.steps` in their own working folders under
 ``work_dir``; nipype's hashing of node inputs makes an interrupted run resume where it stopped.
+The steps receive plain values (so that their hashes stay stable between runs); the sink
+receives the typed settings and :class:`~bids_qnet.workflows.sink.RunRecord`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
 
 from nipype.interfaces.utility import Function
 from nipype.pipeline import engine as pe
 
-from bids_qnet.bids_io import ParticipantInputs
+from bids_qnet.config import Settings
+from bids_qnet.inputs.bids_dataset import ParticipantInputs
+from bids_qnet.outputs.names import log_dir
+from bids_qnet.workflows.sink import RunRecord, StepResults
 
 
 # Nipype runs a Function node from the function's source, so each wrapper imports what it needs.
-def _prepare(channels, nthreads):
+def _prepare(channels, checksums, nthreads):
+    # ``checksums`` (SHA-256 of each input file): a replaced file changes this node's inputs
+    # and the names of what it writes, so every later step is recomputed.
     from bids_qnet.workflows.steps import prepare
 
-    return prepare(channels, nthreads)
+    return prepare(channels, nthreads, checksums)
 
 
 def _coregister(prepared, reference_channel, profile, seed, nthreads):
@@ -28,10 +35,15 @@ def _coregister(prepared, reference_channel, profile, seed, nthreads):
     return coregister(prepared, reference_channel, profile, seed, nthreads)
 
 
-def _normalise(prepared, reference_channel, template, mask, profile, seed, nthreads):
+def _normalise(
+    prepared, reference_channel, template, mask, profile, seed, nthreads, contrast, focus
+):
+    # Passes on a RegisteredReference; this source is part of the node's hash, so the results
+    # of versions that passed on a dict are recomputed, not reused.
     from bids_qnet.workflows.steps import normalise
 
-    return normalise(prepared[reference_channel], template, mask, profile, seed, nthreads)
+    image = prepared[reference_channel]
+    return normalise(image, template, mask, profile, seed, nthreads, contrast, focus)
 
 
 def _resample(prepared, coreg, xfm, template, nthreads):
@@ -52,10 +64,31 @@ def _embed(stack_path, weights, image_size, batch_size, device, seed, nthreads):
     return embed(stack_path, weights, image_size, batch_size, device, seed, nthreads)
 
 
-def _sink(**kwargs):
-    from bids_qnet.workflows.sink import write_outputs
+def _sink(settings, run, subject, session, sources, input_info, **results):
+    from bids_qnet.workflows.sink import StepResults, write_outputs
 
-    return write_outputs(**kwargs)
+    step_results = StepResults(**results)
+    return write_outputs(settings, run, subject, session, sources, input_info, step_results)
+
+
+#: The sink's inputs besides the steps' results.
+SINK_INPUTS = ["settings", "run", "subject", "session", "sources", "input_info"]
+#: Step node -> (its output, the sink's input) for every result the sink writes.
+SINK_CONNECTIONS = {
+    "prepare": [("info", "prep_info")],
+    "coregister": [("transforms", "coreg"), ("info", "coreg_info")],
+    "normalise": [("xfm", "xfm"), ("info", "norm_info")],
+    "resample": [("registered", "registered"), ("info", "resample_info")],
+    "crop": [("cropped", "cropped"), ("stack", "stack_path"), ("info", "crop_info")],
+    "embed": [("embeddings", "embeddings_path"), ("info", "embed_info")],
+}
+
+
+def reference_contrast(reference_channel: str) -> str:
+    """Return the template the reference channel is registered to: T1w or susceptibility."""
+    from bids_qnet.data import channel_defaults
+
+    return channel_defaults(reference_channel).get("template", "T1w")
 
 
 def _node(function, outputs: list[str], name: str, inputs: list[str] | None = None, **kw):
@@ -63,8 +96,88 @@ def _node(function, outputs: list[str], name: str, inputs: list[str] | None = No
     return pe.Node(interface, name=name, **kw)
 
 
+def step_nodes(settings: Settings, run: RunRecord, profile: dict) -> dict[str, pe.Node]:
+    """Return the step nodes of one participant, their settings filled in.
+
+    Only plain, output-defining values reach the steps, so that node hashes stay stable
+    between runs and an interrupted run resumes.
+    """
+    threads, seed = settings.execution.omp_nthreads, settings.execution.random_seed
+    reference, grid = settings.inputs.reference_channel, run.grid
+    nodes = {
+        "prepare": _node(_prepare, ["prepared", "info"], "prepare", n_procs=1, mem_gb=1.0),
+        "coregister": _node(
+            _coregister, ["transforms", "info"], "coregister", n_procs=threads, mem_gb=1.5
+        ),
+        "normalise": _node(_normalise, ["xfm", "info"], "normalise", n_procs=threads, mem_gb=3.0),
+        "resample": _node(
+            _resample, ["registered", "info"], "resample", n_procs=threads, mem_gb=2.0
+        ),
+        "crop": _node(_crop, ["cropped", "stack", "info"], "crop", n_procs=1, mem_gb=1.5),
+        "embed": _node(_embed, ["embeddings", "info"], "embed", n_procs=threads, mem_gb=2.0),
+    }
+    nodes["prepare"].inputs.nthreads = 1
+    common = {"profile": profile, "seed": seed, "nthreads": threads}
+    nodes["coregister"].inputs.trait_set(reference_channel=reference, **common)
+    contrast = reference_contrast(reference)
+    nodes["normalise"].inputs.trait_set(
+        reference_channel=reference,
+        template=grid.susceptibility_file if contrast == "susceptibility" else grid.template_file,
+        mask=grid.mask_file,
+        contrast=contrast,
+        focus=normalisation_focus(settings, grid, profile),
+        **common,
+    )
+    nodes["resample"].inputs.trait_set(template=grid.template_file, nthreads=threads)
+    nodes["crop"].inputs.trait_set(
+        mask=grid.mask_file,
+        atlas=grid.atlas_file,
+        region_indices=grid.region_indices,
+        crop_mode=settings.preprocessing.crop,
+        margin_mm=settings.preprocessing.crop_margin_mm,
+    )
+    embedding = settings.embedding
+    nodes["embed"].inputs.trait_set(
+        weights=embedding.embedding_weights,
+        image_size=embedding.image_size,
+        batch_size=embedding.embedding_batch_size,
+        device=settings.execution.device,
+        seed=seed,
+        nthreads=threads,
+    )
+    return nodes
+
+
+def workflow_name(inputs: ParticipantInputs) -> str:
+    """Return the name of a participant's sub-workflow (``sub_01_ses_1_wf``)."""
+    return f"{inputs.name.replace('-', '_')}_wf"
+
+
+def normalisation_focus(settings: Settings, grid, profile: dict) -> dict | None:
+    """Return where a focused profile's SyN stage runs (None: the whole grid).
+
+    The crop box (atlas regions, or the brain with ``--crop full``) grown by the crop margin
+    plus the profile's ``focus.margin_mm``.
+    """
+    focus = profile.get("focus")
+    if focus is None:
+        return None
+    prep = settings.preprocessing
+    return {
+        "crop_mode": prep.crop,
+        "atlas": grid.atlas_file,
+        "labels": sorted(grid.region_indices.values()),
+        "margin_mm": prep.crop_margin_mm + float(focus["margin_mm"]),
+    }
+
+
 def init_participant_wf(
-    inputs: ParticipantInputs, options: dict[str, Any], crash_dir: Path
+    inputs: ParticipantInputs,
+    settings: Settings,
+    run: RunRecord,
+    profile: dict,
+    input_info: dict,
+    crash_dir: Path,
 ) -> pe.Workflow:
     """Build the workflow of one participant (and session).
 
@@ -72,10 +185,14 @@ def init_participant_wf(
     ----------
     inputs : ParticipantInputs
         The participant's channel images.
-    options : dict
-        JSON-able run options (see :func:`bids_qnet.cli.run.workflow_options`): reference files,
-        registration profile, crop, embedding and output settings. Only output-defining values
-        belong here, so that node hashes stay stable between runs.
+    settings : Settings
+        The run's settings.
+    run : RunRecord
+        The reference files, the registration profile's name and the command line.
+    profile : dict
+        The registration profile.
+    input_info : dict
+        What the preflight found about the participant's images (for the report).
     crash_dir : Path
         Where nipype writes crash files of this participant's nodes.
 
@@ -83,86 +200,23 @@ def init_participant_wf(
     -------
     nipype.pipeline.engine.Workflow
     """
-    name = inputs.name.replace("-", "_")
-    wf = pe.Workflow(name=f"{name}_wf")
-    threads = options["omp_nthreads"]
-    seed = options["random_seed"]
-
-    prep = _node(_prepare, ["prepared", "info"], "prepare", n_procs=1, mem_gb=1.0)
-    prep.inputs.channels = {s: str(p) for s, p in inputs.channels.items()}
-    prep.inputs.nthreads = 1
-
-    coreg = _node(_coregister, ["transforms", "info"], "coregister", n_procs=threads, mem_gb=1.5)
-    coreg.inputs.trait_set(
-        reference_channel=options["reference_channel"],
-        profile=options["profile"],
-        seed=seed,
-        nthreads=threads,
-    )
-
-    norm = _node(_normalise, ["xfm", "info"], "normalise", n_procs=threads, mem_gb=3.0)
-    norm.inputs.trait_set(
-        reference_channel=options["reference_channel"],
-        template=options["template_file"],
-        mask=options["mask_file"],
-        profile=options["profile"],
-        seed=seed,
-        nthreads=threads,
-    )
-
-    resample = _node(_resample, ["registered", "info"], "resample", n_procs=threads, mem_gb=2.0)
-    resample.inputs.trait_set(template=options["template_file"], nthreads=threads)
-
-    crop = _node(_crop, ["cropped", "stack", "info"], "crop", n_procs=1, mem_gb=1.5)
-    crop.inputs.trait_set(
-        mask=options["mask_file"],
-        atlas=options["atlas_file"],
-        region_indices=options["region_indices"],
-        crop_mode=options["crop"],
-        margin_mm=options["crop_margin_mm"],
-    )
-
-    embed = _node(_embed, ["embeddings", "info"], "embed", n_procs=threads, mem_gb=2.0)
-    embed.inputs.trait_set(
-        weights=options["embedding_weights"],
-        image_size=options["image_size"],
-        batch_size=options["embedding_batch_size"],
-        device=options["device"],
-        seed=seed,
-        nthreads=threads,
-    )
-
-    sink_inputs = [
-        "output_dir",
-        "bids_dir",
-        "subject",
-        "session",
-        "sources",
-        "options",
-        "prep_info",
-        "coreg",
-        "coreg_info",
-        "xfm",
-        "norm_info",
-        "registered",
-        "resample_info",
-        "cropped",
-        "stack_path",
-        "crop_info",
-        "embeddings_path",
-        "embed_info",
-    ]
-    sink = _node(_sink, ["written"], "sink", inputs=sink_inputs, n_procs=1, mem_gb=1.5)
+    wf = pe.Workflow(name=workflow_name(inputs))
+    nodes = step_nodes(settings, run, profile)
+    nodes["prepare"].inputs.channels = {s: str(p) for s, p in inputs.channels.items()}
+    nodes["prepare"].inputs.checksums = {s: input_info[s].get("sha256") for s in inputs.channels}
+    results = [f.name for f in dataclasses.fields(StepResults)]
+    sink = _node(_sink, ["written"], "sink", inputs=SINK_INPUTS + results, n_procs=1, mem_gb=1.5)
     sink.overwrite = True  # always (re)write the outputs, even when every input is cached
     sink.inputs.trait_set(
-        output_dir=options["output_dir"],
-        bids_dir=options["bids_dir"],
+        settings=settings,
+        run=run,
         subject=inputs.subject,
         session=inputs.session,
         sources={s: str(p) for s, p in inputs.channels.items()},
-        options={**options, "input_info": options["input_info"][inputs.name]},
+        input_info=input_info,
     )
-
+    prep, coreg, norm = nodes["prepare"], nodes["coregister"], nodes["normalise"]
+    resample, crop, embed = nodes["resample"], nodes["crop"], nodes["embed"]
     wf.connect(
         [
             (prep, coreg, [("prepared", "prepared")]),
@@ -172,12 +226,7 @@ def init_participant_wf(
             (norm, resample, [("xfm", "xfm")]),
             (resample, crop, [("registered", "registered")]),
             (crop, embed, [("stack", "stack_path")]),
-            (prep, sink, [("info", "prep_info")]),
-            (coreg, sink, [("transforms", "coreg"), ("info", "coreg_info")]),
-            (norm, sink, [("xfm", "xfm"), ("info", "norm_info")]),
-            (resample, sink, [("registered", "registered"), ("info", "resample_info")]),
-            (crop, sink, [("cropped", "cropped"), ("stack", "stack_path"), ("info", "crop_info")]),
-            (embed, sink, [("embeddings", "embeddings_path"), ("info", "embed_info")]),
+            *((nodes[name], sink, links) for name, links in SINK_CONNECTIONS.items()),
         ]
     )
     execution = {"crashdump_dir": str(crash_dir), "crashfile_format": "txt"}
@@ -187,12 +236,19 @@ def init_participant_wf(
 
 
 def init_bids_qnet_wf(
-    participants: list[ParticipantInputs], options: dict[str, Any], work_dir: Path
+    participants: list[ParticipantInputs],
+    settings: Settings,
+    run: RunRecord,
+    profile: dict,
+    input_info: dict[str, dict],
 ) -> pe.Workflow:
-    """Build the top-level workflow holding one sub-workflow per participant."""
-    wf = pe.Workflow(name="bids_qnet_participant_wf", base_dir=str(work_dir))
-    output_dir = Path(options["output_dir"])
+    """Build the top-level workflow holding one sub-workflow per participant.
+
+    ``input_info`` holds the preflight's findings per participant (keyed by its name).
+    """
+    wf = pe.Workflow(name="bids_qnet_participant_wf", base_dir=str(settings.execution.work_dir))
     for inputs in participants:
-        crash_dir = output_dir / f"sub-{inputs.subject}" / "log" / options["run_id"]
-        wf.add_nodes([init_participant_wf(inputs, options, crash_dir)])
+        crash_dir = log_dir(settings.output_dir, inputs.subject, settings.run_id)
+        info = input_info[inputs.name]
+        wf.add_nodes([init_participant_wf(inputs, settings, run, profile, info, crash_dir)])
     return wf

@@ -16,10 +16,13 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bids_qnet.preprocess.registration import Transforms
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,8 +43,21 @@ def set_threads(nthreads: int) -> None:
         torch.set_num_threads(nthreads)
 
 
-def prepare(channels: dict[str, str], nthreads: int) -> tuple[dict[str, str], dict[str, Any]]:
-    """Write finite float32 copies of the channel images (NaN/Inf set to 0, counted)."""
+def prepare(
+    channels: dict[str, str], nthreads: int, checksums: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Write finite float32 copies of the channel images (NaN/Inf set to 0, counted).
+
+    Each copy is rebuilt from its image's affine (nibabel's reading: the sform when set, else
+    the qform): sform and qform both hold that affine and the voxel sizes (pixdim) are the
+    affine's. ITK reads the spacing from pixdim and may prefer the qform, so a header whose
+    pixdim is 0 or NaN, or whose qform disagrees with its sform, would otherwise put the image
+    elsewhere for ANTs than for nibabel and misalign the channels.
+
+    Each copy's name carries the start of its input's SHA-256 (``checksums``), so that the
+    steps after this one, whose cache keys are these names, are recomputed when an input file
+    is replaced under the same name.
+    """
     import nibabel as nib
 
     set_threads(nthreads)
@@ -54,13 +70,33 @@ def prepare(channels: dict[str, str], nthreads: int) -> tuple[dict[str, str], di
         bad = ~np.isfinite(data)
         nonfinite[suffix] = int(bad.sum())
         data[bad] = 0.0
-        out = Path.cwd() / f"{suffix}{WORK_EXT}"
-        header = image.header.copy()
-        header.set_data_dtype(np.float32)
-        nib.save(nib.Nifti1Image(data, image.affine, header), out)
+        digest = (checksums or {}).get(suffix)
+        out = Path.cwd() / (f"{suffix}_{digest[:12]}" if digest else suffix)
+        out = out.with_name(out.name + WORK_EXT)
+        nib.save(consistent_image(data, image), out)
         prepared[suffix] = str(out)
     info = {"NonFiniteVoxels": nonfinite, "Seconds": round(time.perf_counter() - start, 2)}
     return prepared, info
+
+
+def consistent_image(data: np.ndarray, source):
+    """Return ``data`` as a NIfTI image whose every geometry field holds ``source.affine``.
+
+    sform and qform are both set to the affine (with the source's sform code, or ``scanner``
+    without one) and pixdim to the affine's voxel sizes, so that nibabel and ITK agree.
+    """
+    import nibabel as nib
+
+    affine = np.asarray(source.affine, dtype=np.float64)
+    header = nib.Nifti1Header()
+    header.set_data_dtype(data.dtype)
+    header.set_xyzt_units("mm", "sec")  # ITK scales spacing by the units; nibabel never does
+    image = nib.Nifti1Image(data, affine, header)
+    code = int(source.header["sform_code"]) or int(source.header["qform_code"]) or 1
+    image.header.set_sform(affine, code=code)
+    image.header.set_qform(affine, code=code)
+    image.header.set_zooms(nib.affines.voxel_sizes(affine))
+    return image
 
 
 def coregister(
@@ -69,7 +105,7 @@ def coregister(
     """Rigidly register each grid that differs from the reference channel's grid to it."""
     import ants
 
-    from bids_qnet import registration
+    from bids_qnet.preprocess import registration
 
     set_threads(nthreads)
     start = time.perf_counter()
@@ -100,45 +136,138 @@ def coregister(
     return transforms, info
 
 
+@dataclass(frozen=True)
+class RegisteredReference:
+    """The reference channel normalised to the template, as :func:`normalise` passes it on.
+
+    Attributes
+    ----------
+    transforms : Transforms
+        The transform files.
+    warped : str
+        The reference channel on the template grid, as antsRegistration resampled it.
+    warped_from : str
+        The prepared image it was made from: :func:`resample` reuses ``warped`` for it.
+    """
+
+    transforms: Transforms
+    warped: str
+    warped_from: str
+
+
 def normalise(
-    reference_image: str, template: str, mask: str, profile: dict, seed: int, nthreads: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    reference_image: str,
+    template: str,
+    mask: str,
+    profile: dict,
+    seed: int,
+    nthreads: int,
+    contrast: str = "T1w",
+    focus: dict | None = None,
+) -> tuple[RegisteredReference, dict[str, Any]]:
     """Register the reference channel to the template (affine + SyN) and check the result.
 
-    The reference channel warped for the check is kept (``xfm["warped"]``, made from
-    ``xfm["warped_from"]``): :func:`resample` reuses it instead of resampling it again.
+    ``contrast`` is the template's (the reference channel's ``template`` in ``resources.json``):
+    ``"T1w"``, or ``"susceptibility"`` for a QSM map registered to the susceptibility template,
+    starting from the centroid of its support (:func:`~bids_qnet.preprocess.registration.
+    centroid_transform`) and checked against the profile's ``quality.susceptibility``
+    thresholds where it sets them.
+
+    The reference channel warped for the check is kept: :func:`resample` reuses it instead of
+    resampling it again. ``focus`` (profiles with a ``focus`` section, :func:`focus_box`)
+    restricts the SyN stage to the crop box grown by a margin.
     """
     import ants
 
-    from bids_qnet import registration, registration_quality
-    from bids_qnet.ants_calls import write_image
+    from bids_qnet.preprocess import quality as registration_quality
+    from bids_qnet.preprocess import registration
+    from bids_qnet.preprocess.ants_calls import write_image
 
     set_threads(nthreads)
     start = time.perf_counter()
     template_img, mask_img = ants.image_read(template), ants.image_read(mask)
     moving = ants.image_read(reference_image)
-    xfm = registration.normalise(
-        moving, template_img, mask_img, profile["normalisation"], str(Path.cwd() / "norm_"), seed
+    initial = None
+    if contrast == "susceptibility":
+        initial = registration.centroid_transform(
+            moving, mask_img, str(Path.cwd() / "centroid_start.mat")
+        )
+    box = focus_box(focus, mask_img) if focus else None
+    result = registration.normalise(
+        moving,
+        template_img,
+        mask_img,
+        profile["normalisation"],
+        str(Path.cwd() / "norm_"),
+        seed,
+        initial_transform=initial,
+        focus=box,
     )
-    warped = xfm.pop("warped_image")  # antsRegistration's own resampling, not a second one
+    warped = result.warped  # antsRegistration's own resampling, not a second one
     quality = registration_quality.quality(warped, template_img, mask_img)
-    registration_quality.check_quality(quality, profile["quality"], Path(reference_image).name)
-    xfm["warped"] = str(write_image(warped, Path.cwd() / f"reference_space-template{WORK_EXT}"))
-    xfm["warped_from"] = reference_image
+    thresholds = registration_quality.thresholds(profile["quality"], contrast)
+    what = Path(reference_image).name.split("_")[0]
+    if contrast != "T1w":
+        what += f" (to the {contrast} template)"
+    registration_quality.check_quality(quality, thresholds, what)
+    path = write_image(warped, Path.cwd() / f"reference_space-template{WORK_EXT}")
     info = {
-        "TransformType": xfm.get(
-            "type_of_transform", profile["normalisation"]["type_of_transform"]
-        ),
+        "TransformType": result.transforms.type_of_transform,
+        "Template": contrast,
         "Quality": quality,
         "Seconds": round(time.perf_counter() - start, 2),
     }
-    return xfm, info
+    if box is not None:
+        info["DeformableRegion"] = {
+            "Box": box.to_dict(),
+            "BoxMillimetres": _box_mm(box, _ants_affine(template_img)),
+            "MarginMillimetres": focus["margin_mm"],
+            "Outside": "the linear transform alone",
+        }
+    return RegisteredReference(result.transforms, str(path), reference_image), info
+
+
+def focus_box(focus: dict, mask_img):
+    """Return the template-grid box a focused profile's SyN stage covers.
+
+    Parameters
+    ----------
+    focus : dict
+        ``crop_mode`` (``bg``: around the atlas ``labels`` in the ``atlas`` image; ``full``:
+        around the brain mask) and ``margin_mm`` (the crop margin plus the profile's).
+    mask_img : ants.ANTsImage
+        The template brain mask on the output grid.
+
+    Returns
+    -------
+    bids_qnet.preprocess.crop.Box
+        The box, clipped to the grid.
+    """
+    import ants
+
+    from bids_qnet.preprocess import crop as cropping
+
+    margin = tuple(int(np.ceil(focus["margin_mm"] / z)) for z in mask_img.spacing)
+    if focus["crop_mode"] == "bg":
+        labels = ants.image_read(focus["atlas"]).numpy()
+        return cropping.region_box(labels, focus["labels"], margin)
+    return cropping.mask_box(mask_img.numpy() > 0, margin)
+
+
+def _ants_affine(image) -> np.ndarray:
+    """Voxel -> RAS mm of an ANTs image (its physical space is LPS)."""
+    affine = np.eye(4)
+    affine[:3, :3] = (
+        np.diag([-1.0, -1.0, 1.0]) @ np.asarray(image.direction) @ np.diag(image.spacing)
+    )
+    affine[:3, 3] = np.asarray(image.origin) * [-1.0, -1.0, 1.0]
+    return affine
 
 
 def resample(
     prepared: dict[str, str],
     coreg: dict[str, list[str]],
-    xfm: dict[str, Any],
+    xfm: RegisteredReference,
     template: str,
     nthreads: int,
 ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -150,8 +279,8 @@ def resample(
     """
     import ants
 
-    from bids_qnet import registration
-    from bids_qnet.ants_calls import write_image
+    from bids_qnet.preprocess import registration
+    from bids_qnet.preprocess.ants_calls import write_image
 
     set_threads(nthreads)
     start = time.perf_counter()
@@ -159,9 +288,9 @@ def resample(
     outputs = {s: Path.cwd() / f"{s}_space-template{WORK_EXT}" for s in prepared}
     groups: dict[tuple[str, ...], list[str]] = {}
     for suffix, path in prepared.items():
-        transforms = (*xfm["forward"], *coreg.get(suffix, []))
-        if xfm.get("warped") and path == xfm.get("warped_from") and not coreg.get(suffix):
-            outputs[suffix] = Path(xfm["warped"])
+        transforms = (*xfm.transforms.forward, *coreg.get(suffix, []))
+        if path == xfm.warped_from and not coreg.get(suffix):
+            outputs[suffix] = Path(xfm.warped)
         else:
             groups.setdefault(transforms, []).append(suffix)
     for transforms, suffixes in groups.items():
@@ -187,8 +316,8 @@ def crop(
     """Cut the box, stretch intensities per channel and build the (S, C, H, W) slice stack."""
     import nibabel as nib
 
-    from bids_qnet import crop as cropping
     from bids_qnet.data import channel_defaults
+    from bids_qnet.preprocess import crop as cropping
 
     start = time.perf_counter()
     mask_img = nib.load(mask)
@@ -241,12 +370,13 @@ def embed(
     nthreads: int,
 ) -> tuple[str, dict[str, Any]]:
     """Embed every slice with ResNet18 (512-d after global average pooling)."""
-    from bids_qnet import embed as embedding
+    from bids_qnet.models import embedding
+    from bids_qnet.models.device import resolve_device
 
     set_threads(nthreads)
     start = time.perf_counter()
     stack = np.load(stack_path)
-    torch_device = embedding.resolve_device(device)
+    torch_device = resolve_device(device)
     model, weights_info = embedding.load_backbone(weights, stack.shape[1], seed)
     vectors = embedding.embed_slices(model, stack, image_size, batch_size, torch_device)
     out = Path.cwd() / "embeddings.npy"

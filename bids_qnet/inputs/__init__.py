@@ -1,0 +1,1 @@
+"""Inputs: the BIDS dataset, its validation, template and atlas, labels, participant outputs."""

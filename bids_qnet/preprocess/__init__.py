@@ -1,0 +1,1 @@
+"""Preprocessing: registration to the template (antspyx), its quality gate, crop, slice stack."""
