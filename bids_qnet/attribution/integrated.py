@@ -31,6 +31,8 @@ PIXEL_BUDGET = {"cpu": 64 * 224 * 224, "cuda": 512 * 224 * 224}
 #: Largest relative convergence delta (``|delta| / |output - baseline output|``) of a map that
 #: is trusted: above it the path integral is too coarse (raise ``--ig-steps``).
 CONVERGENCE_TOLERANCE = 0.05
+#: Convergence delta below which attributions of a constant output count as complete.
+EXACT_DELTA = 1e-6
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,15 @@ class IGResult:
 
     @property
     def relative_delta(self) -> float:
-        """``|delta| / |output - baseline_output|`` (inf when the outputs are equal)."""
+        """``|delta| / |output - baseline_output|``.
+
+        When the outputs are equal (a model that gives every input the same score, such as a
+        read-out with no weights), 0 if the attributions sum to zero too, else inf.
+        """
         gap = abs(self.output - self.baseline_output)
-        return abs(self.delta) / gap if gap > 0 else float("inf")
+        if gap > 0:
+            return abs(self.delta) / gap
+        return 0.0 if abs(self.delta) <= EXACT_DELTA else float("inf")
 
     def record(self) -> dict[str, float]:
         """Return what a map's sidecar says of it: the outputs and the completeness check."""
