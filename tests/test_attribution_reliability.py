@@ -68,4 +68,6 @@ def test_without_intervals_nothing_is_claimed_about_chance(tmp_path):
 def test_ig_records_say_whether_the_path_integral_converged():
     assert IGResult(None, 2.0, 0.0, 0.05).record()["Converged"] is True
     assert IGResult(None, 2.0, 0.0, 0.2).record()["Converged"] is False
-    assert IGResult(None, 1.0, 1.0, 0.0).record()["Converged"] is False  # no output change
+    # no output change: complete when the attributions sum to zero too (a constant model)
+    assert IGResult(None, 1.0, 1.0, 0.0).record()["Converged"] is True
+    assert IGResult(None, 1.0, 1.0, 0.01).record()["Converged"] is False

@@ -25,9 +25,8 @@ Q-Net                     Bi-LSTM (32 per direction) on         Bi-LSTM (128 per
                           regression on the regional
                           statistics of the raw channels,
                           penalty by inner CV); the LSTM
-                          learns what the read-out misses,
-                          weighted by an inner CV (0, 1/4,
-                          1/2 or 1); 100 epochs
+                          learns what the read-out misses;
+                          100 epochs
 ========================  ====================================  ===================================
 """
 
@@ -66,9 +65,6 @@ class TrainingPreset:
         Whether Q-Net standardises its input embeddings (training-fold mean and SD).
     readout : bool
         Whether Q-Net adds the regional read-out to its scan logits.
-    residual_folds : int
-        With the read-out: inner folds that choose the Bi-LSTM's weight beside it
-        (:mod:`bids_qnet.training.residual`); 0 keeps the weight at 1.
     """
 
     name: str
@@ -85,7 +81,6 @@ class TrainingPreset:
     qnet_weight_decay: float
     standardise: bool
     readout: bool
-    residual_folds: int = 0
 
     @property
     def regional(self) -> bool:
@@ -113,7 +108,6 @@ PRESETS: dict[str, TrainingPreset] = {
         qnet_weight_decay=1e-3,
         standardise=True,
         readout=True,
-        residual_folds=3,
     ),
     "paper": TrainingPreset(
         name="paper",

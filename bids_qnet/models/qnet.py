@@ -45,12 +45,6 @@ class QNet(nn.Module):
         Standardise each input feature with a stored mean and SD (buffers ``input_mean`` and
         ``input_scale``, set with :meth:`set_standardisation`) before the LSTM.
 
-    Attributes
-    ----------
-    residual_scale : Tensor
-        Buffer, a scalar (1 by default) that multiplies the scan logits: the weight of the
-        Bi-LSTM beside the quantitative preset's regional read-out.
-
     Notes
     -----
     The model contains no cuDNN-specific code: on CPU, gradients with respect to the inputs work
@@ -87,8 +81,6 @@ class QNet(nn.Module):
         self.dropout = nn.Dropout(float(dropout))
         self.image_head = nn.Linear(2 * self.hidden, self.n_classes)
         self.scan_head = nn.Linear(4 * self.hidden, self.n_classes)
-        # weight of the scan logits beside a regional read-out (bids_qnet.training.residual)
-        self.register_buffer("residual_scale", torch.ones(()))
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Predict per-slice and per-scan logits.
@@ -132,7 +124,7 @@ class QNet(nn.Module):
         counts = mask.sum(dim=1, keepdim=True).to(out.dtype)
         mean = out.masked_fill(~mask3, 0.0).sum(dim=1) / counts
         peak = out.masked_fill(~mask3, float("-inf")).amax(dim=1)
-        scan_logits = self.scan_head(torch.cat([mean, peak], dim=1)) * self.residual_scale
+        scan_logits = self.scan_head(torch.cat([mean, peak], dim=1))
         return image_logits, scan_logits
 
     def set_standardisation(self, mean, scale) -> None:

@@ -40,10 +40,6 @@ class RegionalLogistic:
         Inverse penalty strengths to choose from.
     penalty : str
         ``l2`` (the ROI baseline) or ``l1`` (sparse: most regions get no weight).
-    scoring : str
-        What the inner cross-validation maximises with two classes: ``roc_auc`` (the ROI
-        baseline) or ``neg_log_loss`` (calibrated probabilities; with ``l1`` and no signal the
-        strongest penalty wins and every coefficient is 0). More classes: always log-loss.
 
     Attributes
     ----------
@@ -62,7 +58,6 @@ class RegionalLogistic:
     seed: int = 0
     c_grid: Sequence[float] = C_GRID
     penalty: str = "l2"
-    scoring: str = "roc_auc"
     mean_: np.ndarray = field(default=None, repr=False)
     scale_: np.ndarray = field(default=None, repr=False)
     coef_: np.ndarray = field(default=None, repr=False)
@@ -107,7 +102,7 @@ class RegionalLogistic:
         folds = min(INNER_FOLDS, smallest)
         if folds < 2 or len(self.c_grid) == 1:
             return float(self.c_grid[len(self.c_grid) // 2])
-        scoring = self.scoring if len(np.unique(y)) == 2 else "neg_log_loss"
+        scoring = "roc_auc" if len(np.unique(y)) == 2 else "neg_log_loss"
         search = GridSearchCV(
             self._model(1.0),
             {"C": list(self.c_grid)},

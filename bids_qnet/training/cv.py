@@ -149,8 +149,7 @@ class CrossValidation:
         seconds = round(time.perf_counter() - start, 1)
         checksums = {**fitted.checksums_, FOLD_PREDICTIONS: file_sha256(files.predictions)}
         done = {"config": self.record, "seconds": seconds, "SHA256": checksums}
-        done |= {"Software": software_versions(), "selection": fitted.selection_}
-        write_json(files.done, done | {"history": fitted.history_})
+        write_json(files.done, done | {"Software": software_versions(), "history": fitted.history_})
         LOGGER.info("repeat %d fold %d done in %.1f s", repeat, fold, seconds)
         return frame
 

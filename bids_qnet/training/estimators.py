@@ -10,24 +10,20 @@ embeddings of each scan (stage 1's when it was trained, else the participant lev
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
-import torch
 
 from bids_qnet.errors import InputDataError
-from bids_qnet.models.readout import RegionalReadout
+from bids_qnet.models.readout import RegionalReadout, regional_features
 from bids_qnet.models.regional import load_regional
 from bids_qnet.models.resnet import load_classifier
+from bids_qnet.models.roi import RegionalLogistic
 from bids_qnet.outputs.names import ModelFiles
 from bids_qnet.preprocess.regions import MOMENTS, pooling_weights, slice_pooling_weights
 from bids_qnet.training.base import Cohort, Estimator, FitParams, Prediction, ScanLogits
 from bids_qnet.training.checkpoints import load_state
-from bids_qnet.training.residual import ResidualChoice, choose_residual_scale, fit_readout
-
-logger = logging.getLogger(__name__)
 
 #: Prefix of the read-out's tensors in Q-Net's checkpoint.
 READOUT_PREFIX = "readout."
@@ -140,16 +136,13 @@ class QNetEstimator(Estimator):
 
     #: The regional read-out (quantitative preset), or None.
     readout_: RegionalReadout | None = None
-    #: How the Bi-LSTM's weight beside the read-out was chosen, or None.
-    residual_: ResidualChoice | None = None
 
     def fit(self, cohort: Cohort, labels: Sequence[int]) -> QNetEstimator:
         """Train Q-Net on the cohort's slice embeddings (:func:`train_stage2`).
 
         With the preset's read-out, an L1 logistic regression on the raw channels' regional
         statistics is fitted first (penalty by inner CV on the training scans only) and the
-        Bi-LSTM learns on top of its fixed logits; an inner cross-validation then weighs the
-        Bi-LSTM's scan logits (:func:`choose_residual_scale`; ``residual_`` says how).
+        Bi-LSTM learns on top of its fixed logits.
         """
         from bids_qnet.training.stage2 import Stage2Config, train_stage2
 
@@ -164,33 +157,20 @@ class QNetEstimator(Estimator):
             weight_decay=preset.qnet_weight_decay,
             standardise=preset.standardise,
         )
-        offsets, embeddings, choice = None, cohort.embeddings(), None
+        offsets = None
         if preset.readout:
             weights = _volume_pooling(cohort)
-            if preset.residual_folds:
-                choice = choose_residual_scale(
-                    cohort.stacks(),
-                    embeddings,
-                    labels,
-                    self.n_classes,
-                    weights,
-                    self.config_,
-                    preset.residual_folds,
-                )
-            self.readout_ = fit_readout(cohort.stacks(), labels, self.n_classes, weights, p.seed)
+            features = regional_features(cohort.stacks(), weights)
+            logistic = RegionalLogistic(seed=p.seed, penalty="l1").fit(
+                features, labels, self.n_classes
+            )
+            self.readout_ = RegionalReadout.from_logistic(logistic, weights)
             offsets = self.readout_.logits(cohort.stacks())
+        embeddings = cohort.embeddings()
         result = train_stage2(
             embeddings, labels, self.n_classes, self.config_, self.report, offsets
         )
         self.state_, self.history_ = result.state, result.history
-        if choice is not None:
-            self.state_["residual_scale"] = torch.tensor(float(choice.scale))
-            self.residual_ = choice
-            logger.info(
-                "Q-Net: Bi-LSTM weight %g beside the regional read-out (inner CV log-loss %s)",
-                choice.scale,
-                ", ".join(f"{s:g}: {loss:.3f}" for s, loss in choice.log_loss.items()),
-            )
         return self
 
     def predict(self, cohort: Cohort) -> Prediction:

@@ -102,19 +102,6 @@ class FittedModels:
         """Each family's training history, keyed as ``done.json`` and the card record it."""
         return {family.history_key: family.history_ for family in self.families_}
 
-    @property
-    def selection_(self) -> dict:
-        """What inner cross-validations chose while fitting (``done.json`` and the card)."""
-        record = {}
-        for family in self.families_:
-            choice = getattr(family, "residual_", None)
-            if choice is not None:
-                record["QNetResidualWeight"] = {
-                    "Weight": choice.scale,
-                    "InnerLogLoss": {f"{s:g}": round(v, 6) for s, v in choice.log_loss.items()},
-                }
-        return record
-
     def predict(self, scans: list[Scan], labels: dict[str, int]) -> list[dict]:
         """Return prediction rows (image and scan level) of every model for ``scans``.
 
@@ -302,7 +289,6 @@ def model_card(
         "SHA256": fitted.checksums_,
         "Software": software_versions(),
         "CrossValidatedScanMetrics": scan_metrics,
-        "ModelSelection": fitted.selection_,
         "History": fitted.history_,
     }
 

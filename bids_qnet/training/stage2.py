@@ -266,8 +266,7 @@ def qnet_from_state(state: dict, n_classes: int, config: Stage2Config | None = N
         hidden = int(state["lstm.weight_hh_l0"].shape[1])
         shape = replace(config, hidden=hidden, standardise="input_mean" in state)
         model = build_qnet(n_classes, shape, in_features)
-        # checkpoints older than the residual weight: the Bi-LSTM counted fully
-        model.load_state_dict({"residual_scale": torch.ones(()), **state})
+        model.load_state_dict(state)
     except (KeyError, IndexError, AttributeError, RuntimeError) as exc:
         raise UsageError(f"stage-2 weights do not fit n_classes={n_classes}: {exc!r}") from exc
     return model
