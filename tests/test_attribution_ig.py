@@ -188,4 +188,3 @@ def test_integrated_gradients_on_cuda_match_the_cpu():
     on_gpu = integrated_gradients(model, x.cuda(), b.cuda(), target=1, n_steps=16)
     np.testing.assert_allclose(on_gpu.attribution, on_cpu.attribution, atol=1e-3, rtol=1e-2)
     assert on_gpu.delta == pytest.approx(on_cpu.delta, abs=1e-3)
-
