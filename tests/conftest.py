@@ -15,6 +15,7 @@ import pytest
 
 from bids_qnet.cli.run import main
 from bids_qnet.demo import make_demo_dataset
+from bids_qnet.inputs.reference import atlas_on_grid, load_reference, template_on_grid
 
 SPACE = "MNI152NLin2009cAsym"
 STEM = f"space-{SPACE}_res-2"
@@ -75,3 +76,21 @@ def run(tmp_path_factory):
     read_only(out)
     read_only(bids)
     return {"bids": bids, "out": out, "work": work, "code": code, "before": before}
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The packaged template and atlas, read once."""
+    return load_reference()
+
+
+@pytest.fixture(scope="session")
+def template(reference):
+    """The template on the 2 mm grid."""
+    return template_on_grid(reference, 2.0)
+
+
+@pytest.fixture(scope="session")
+def atlas(reference, template):
+    """The atlas on the 2 mm template grid."""
+    return atlas_on_grid(reference, template)

@@ -13,7 +13,7 @@ import pytest
 
 from bids_qnet.data import registration_profile
 from bids_qnet.errors import InputDataError, RegistrationError, UsageError
-from bids_qnet.inputs.reference import atlas_on_grid, brain_mask, load_reference, template_on_grid
+from bids_qnet.inputs.reference import brain_mask
 from bids_qnet.preprocess import quality as rq
 from bids_qnet.preprocess import registration as reg
 from bids_qnet.preprocess.ants_calls import registration_kwargs
@@ -102,21 +102,6 @@ def _brain_points(template, n=400, seed=0):
 
 
 # ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return load_reference()
-
-
-@pytest.fixture(scope="module")
-def template(reference):
-    return template_on_grid(reference, 2.0)
-
-
-@pytest.fixture(scope="module")
-def atlas(reference, template):
-    return atlas_on_grid(reference, template)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from bids_qnet.data import registration_profile
 from bids_qnet.demo import make_demo_dataset
 from bids_qnet.demo.acquisition import template_points_shown
 from bids_qnet.errors import UsageError
-from bids_qnet.inputs.reference import atlas_on_grid, brain_mask, load_reference, template_on_grid
+from bids_qnet.inputs.reference import brain_mask
 from bids_qnet.preprocess import registration as reg
 from bids_qnet.preprocess.crop import Box
 from bids_qnet.workflows.steps import focus_box
@@ -26,21 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _truth import BG_LABELS, dice_through, scanner_points_on_template  # noqa: E402
 
 LPS = np.array([-1.0, -1.0, 1.0])
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return load_reference()
-
-
-@pytest.fixture(scope="module")
-def template(reference):
-    return template_on_grid(reference, 2.0)
-
-
-@pytest.fixture(scope="module")
-def atlas(reference, template):
-    return atlas_on_grid(reference, template)
 
 
 @pytest.fixture(scope="module")

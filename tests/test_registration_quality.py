@@ -6,13 +6,8 @@ import pytest
 
 from bids_qnet.data import registration_profile
 from bids_qnet.errors import InputDataError, RegistrationError, UsageError
-from bids_qnet.inputs.reference import brain_mask, load_reference, template_on_grid
+from bids_qnet.inputs.reference import brain_mask
 from bids_qnet.preprocess import quality as rq
-
-
-@pytest.fixture(scope="module")
-def template():
-    return template_on_grid(load_reference(), 2.0)
 
 
 @pytest.fixture(scope="module")
