@@ -14,13 +14,13 @@ from bids_qnet.models.readout import RegionalReadout, regional_features
 from bids_qnet.models.regional import RegionalNet
 from bids_qnet.models.roi import RegionalLogistic
 from bids_qnet.outputs.names import ModelFiles
-from bids_qnet.preprocess.crop import Box
-from bids_qnet.preprocess.crop_grid import CropGrid
 from bids_qnet.preprocess.regions import MOMENTS, pooling_weights, slice_pooling_weights
 from bids_qnet.stats.metrics import auc_mann_whitney
 from bids_qnet.training.base import Cohort, FitParams, GroupContext
 from bids_qnet.training.estimators import QNetEstimator, ResNetEstimator
 from bids_qnet.training.stage2 import Stage2Config, predict_stage2, train_stage2
+
+from .grids import grid_from_slice_labels
 
 # (T, H, W) = (4, 8, 9): region 7 spans slices 0-2, region 9 slices 2-3.
 LABELS = np.zeros((4, 8, 9), np.int32)
@@ -28,19 +28,8 @@ LABELS[0:3, 2:6, 1:4] = 7
 LABELS[2:4, 1:7, 5:8] = 9
 
 
-def _grid() -> CropGrid:
-    volume = LABELS[:, ::-1, :].transpose(2, 1, 0)  # (X, Y, Z), the inverse of slice_stack
-    return CropGrid(
-        affine=np.eye(4),
-        shape=volume.shape,
-        zooms=(2.0, 2.0, 2.0),
-        box=Box((0, 0, 0), volume.shape),
-        channels=["Chimap", "R2starmap"],
-        atlas_name="test",
-        labels=np.ascontiguousarray(volume),
-        names={7: "Left_Putamen", 9: "Right_Caudate"},
-        regions=("Left_Putamen", "Right_Caudate"),
-    )
+def _grid():
+    return grid_from_slice_labels(LABELS, {7: "Left_Putamen", 9: "Right_Caudate"})
 
 
 def _cohort(tmp_path, n=32, offset=0.0, gradient=0.0, seed=0):

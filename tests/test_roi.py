@@ -11,13 +11,13 @@ from bids_qnet.inputs.labels import load_covariates
 from bids_qnet.inputs.scans import Scan
 from bids_qnet.models.roi import RegionalLogistic
 from bids_qnet.outputs.names import ModelFiles
-from bids_qnet.preprocess.crop import Box
-from bids_qnet.preprocess.crop_grid import CropGrid
 from bids_qnet.preprocess.regions import pooling_weights, regional_statistics
 from bids_qnet.stats.metrics import auc_mann_whitney
 from bids_qnet.training.base import FitParams, GroupContext
 from bids_qnet.training.fitted import FittedModels
 from bids_qnet.training.roi import ROIEstimator
+
+from .grids import grid_from_slice_labels
 
 # (S, H, W) = (3, 4, 5): region 7 is a 2x3 block on slices 0-1, region 9 a column on slice 2.
 LABELS = np.zeros((3, 4, 5), np.int32)
@@ -140,18 +140,7 @@ def _cohort(tmp_path, n=24, shift=0.3, seed=0):
         np.save(path, stack)
         scans.append(Scan(pid, None, path, path, "fp"))
         labels[pid] = label
-    volume = LABELS[:, ::-1, :].transpose(2, 1, 0)  # (X, Y, Z), the inverse of slice_stack
-    grid = CropGrid(
-        affine=np.eye(4),
-        shape=volume.shape,
-        zooms=(2.0, 2.0, 2.0),
-        box=Box((0, 0, 0), volume.shape),
-        channels=["Chimap", "R2starmap"],
-        atlas_name="test",
-        labels=np.ascontiguousarray(volume),
-        names={7: "Left_Caudate", 9: "Right_Caudate"},
-        regions=("Left_Caudate", "Right_Caudate"),
-    )
+    grid = grid_from_slice_labels(LABELS, {7: "Left_Caudate", 9: "Right_Caudate"})
     np.testing.assert_array_equal(grid.slice_labels(), LABELS)
     return scans, labels, grid
 
