@@ -125,8 +125,15 @@ def test_focused_registration_is_the_affine_outside_the_box(focused, demo, templ
 def test_focused_warped_reference_is_the_composite_resampling(focused, demo, template):
     again = reg.to_template(demo["t1w"], template, focused.transforms.forward)
     assert reg.same_grid(focused.warped, template)
-    difference = np.abs(focused.warped.numpy() - again.numpy())
-    assert difference.max() <= 1e-4 * np.abs(again.numpy()).max()
+    warped, resampled = focused.warped.numpy(), again.numpy()
+    difference = np.abs(warped - resampled)
+    # A template point that lands on the edge of the T1w's field of view, within rounding, is
+    # inside for one path and outside (0) for the other: the two ways of composing the same
+    # transforms round differently from one CPU to another (a 1e-4 mm shift makes 3 such voxels
+    # differ by up to 37 here). Everywhere else the two images are the same resampling.
+    edge_tie = (warped == 0) ^ (resampled == 0)
+    assert edge_tie.sum() <= 1e-5 * edge_tie.size
+    assert difference[~edge_tie].max() <= 1e-4 * np.abs(resampled).max()
 
 
 def test_focused_registration_maps_the_basal_ganglia(focused, demo, template, atlas, reference):
