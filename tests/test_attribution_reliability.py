@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from bids_qnet.attribution.group import reliability
-from bids_qnet.attribution.integrated import IGResult
+from bids_qnet.attribution.integrated import (
+    REFINE_LIMIT,
+    IGJob,
+    IGResult,
+    integrated_gradients_many,
+)
 from bids_qnet.outputs.names import GroupFiles
 
 
@@ -71,3 +79,42 @@ def test_ig_records_say_whether_the_path_integral_converged():
     # no output change: complete when the attributions sum to zero too (a constant model)
     assert IGResult(None, 1.0, 1.0, 0.0).record()["Converged"] is True
     assert IGResult(None, 1.0, 1.0, 0.01).record()["Converged"] is False
+
+
+class _Steep(nn.Module):
+    """``(B, T, C, H, W) -> (B, 2)``: a step-like logit of the mean voxel, hard to integrate."""
+
+    def __init__(self, sharpness: float) -> None:
+        super().__init__()
+        self.sharpness = sharpness
+
+    def forward(self, x):
+        score = 6.0 * torch.tanh(self.sharpness * (x.mean(dim=(1, 2, 3, 4)) - 0.37))
+        return torch.stack([-score, score], dim=1)
+
+
+def _jobs(n):
+    x = torch.full((1, 3, 2, 4, 4), 1.0)
+    return [IGJob(x * (1 + 0.1 * i), torch.zeros_like(x), 1) for i in range(n)]
+
+
+def test_unconverged_integrated_gradients_are_computed_again_with_more_steps():
+    model = _Steep(25.0).eval()
+    once = integrated_gradients_many(model, _jobs(2), 4, 4, torch.device("cpu"), refine=False)
+    assert all(not result.converged for result, _, _ in once)  # 4 steps miss the step
+    refined = integrated_gradients_many(model, _jobs(2), 4, 4, torch.device("cpu"))
+    for (first, _, _), (result, _, seconds) in zip(once, refined, strict=True):
+        assert result.converged and 4 < result.n_steps <= 4 * REFINE_LIMIT
+        assert result.record()["StepsUsed"] == result.n_steps and seconds > 0
+        total = result.attribution.sum()
+        assert np.isclose(total, result.output - result.baseline_output, rtol=0.05)
+        assert abs(first.attribution.sum() - total) > 0.05 * abs(total)
+
+
+def test_refinement_stops_at_its_limit_and_leaves_converged_scans_alone():
+    smooth = integrated_gradients_many(_Steep(1.0).eval(), _jobs(1), 4, 4, torch.device("cpu"))
+    assert smooth[0][0].converged and smooth[0][0].n_steps == 4  # nothing to refine
+    cliff = integrated_gradients_many(_Steep(1e4).eval(), _jobs(1), 2, 4, torch.device("cpu"))
+    result = cliff[0][0]
+    assert result.n_steps == 2 * REFINE_LIMIT and not result.converged
+    assert result.record()["Converged"] is False

@@ -440,15 +440,10 @@ def _log_progress(done: int, total: int, maps: ScanMaps, classes) -> None:
     plan, record = maps.plan, maps.record
     text = (
         f"attribution {done}/{total}: {plan.scan.scan_id} (fold {plan.fold}) toward "
-        f"{classes[plan.target]}, delta {record['ConvergenceDelta']:.3g} "
-        f"({100 * record['RelativeDelta']:.1f}%), {record['Seconds']:.1f} s"
+        f"{classes[plan.target]}, {_check_text(record)}"
     )
     if maps.reference_record is not None:
-        ref = maps.reference_record
-        text += (
-            f"; from the other classes' mean: delta {ref['ConvergenceDelta']:.3g} "
-            f"({100 * ref['RelativeDelta']:.1f}%), {ref['Seconds']:.1f} s"
-        )
+        text += f"; from the other classes' mean: {_check_text(maps.reference_record)}"
     progress = {
         "bar": "attribution",
         "desc": "attribution",
@@ -464,10 +459,21 @@ def _log_progress(done: int, total: int, maps: ScanMaps, classes) -> None:
         LOGGER.info(text, extra={"progress": progress})
     else:
         LOGGER.warning(
-            "%s: not converged (relative delta above 5 %%; raise --ig-steps)",
+            "%s: not converged (relative delta above 5 %% at the most steps; raise --ig-steps)",
             text,
             extra={"progress": progress},
         )
+
+
+def _check_text(record: dict) -> str:
+    """``delta D (R%)[, N steps], S s`` of a map's sidecar; the steps when more than asked."""
+    steps = record.get("StepsUsed")
+    asked = record.get("Config", {}).get("Steps")
+    more = f", {steps} steps" if steps is not None and asked is not None and steps > asked else ""
+    return (
+        f"delta {record['ConvergenceDelta']:.3g} ({100 * record['RelativeDelta']:.1f}%){more}, "
+        f"{record['Seconds']:.1f} s"
+    )
 
 
 def _input_text(settings, networks: FoldNetworks) -> str:
