@@ -21,7 +21,7 @@ from .images import assert_drawn, has_hue
 from .test_group_level import QUICK
 
 pytestmark = pytest.mark.slow
-IG = ["--ig-steps", "6"]
+IG = ["--ig-steps", "6", "--ig-max-steps", "24"]
 
 
 def _group(run, tmp_path_factory, name, *extra):
@@ -157,7 +157,9 @@ def test_a_second_run_reuses_the_maps(trained, run, tmp_path):
     scans = [s for s in find_scans(out) if s.participant_id in labels]
     splits = pd.read_csv(GroupFiles(out).splits, sep="\t")
     predictions = pd.read_csv(GroupFiles(out).predictions, sep="\t")
-    settings = Settings.create(run["bids"], out, "group", image_size=32, ig_steps=6, device="cpu")
+    settings = Settings.create(
+        run["bids"], out, "group", image_size=32, ig_steps=6, ig_max_steps=24, device="cpu"
+    )
     written = attribute_cohort(settings, scans, labels, spec, splits, predictions)
     assert path.stat().st_mtime_ns == before
     assert reference.stat().st_mtime_ns == reference_before
@@ -177,8 +179,8 @@ def test_scans_attributed_together_equal_one_by_one(trained, run, tmp_path):
         splits = pd.read_csv(GroupFiles(out).splits, sep="\t")
         predictions = pd.read_csv(GroupFiles(out).predictions, sep="\t")
         assert splits["fold"].value_counts().max() >= 2  # some call holds several scans
-        settings = Settings.create(
-            run["bids"], out, "group", image_size=32, ig_steps=4, device="cpu"
+        settings = Settings.create(  # one pass: refinement decides per scan, on rounding
+            run["bids"], out, "group", image_size=32, ig_steps=4, ig_max_steps=4, device="cpu"
         )
         attribute_cohort(
             settings, scans, labels, spec, splits, predictions, scans_per_call=per_call

@@ -110,7 +110,7 @@ def test_many_scans_are_grouped_by_shape_within_the_pass_budget():
     size = int((PIXEL_BUDGET["cpu"] / 12) ** 0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # captum warns when a pass cannot hold every scan
-        found = integrated_gradients_many(model, jobs, 5, size, torch.device("cpu"), refine=False)
+        found = integrated_gradients_many(model, jobs, 5, size, torch.device("cpu"))
     assert [batch for _, batch, _ in found] == [3, 4, 3, 3, 3]
     for job, (result, _, seconds) in zip(jobs, found, strict=True):
         alone = integrated_gradients(model, job.x, job.baseline, job.target, n_steps=5)

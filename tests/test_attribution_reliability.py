@@ -6,12 +6,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
 from bids_qnet.attribution.group import reliability
 from bids_qnet.attribution.integrated import (
-    REFINE_LIMIT,
     IGJob,
     IGResult,
     integrated_gradients_many,
@@ -65,7 +65,7 @@ def test_a_model_at_chance_and_unconverged_maps_are_flagged(tmp_path):
     assert report["AtChance"] and not report["Reliable"]
     assert report["Unconverged"] == ["sub-01", "sub-02"]
     assert any("includes chance" in w for w in report["Warnings"])
-    assert any("2 of 3 scans" in w and "--ig-steps" in w for w in report["Warnings"])
+    assert any("2 of 3 scans" in w and "--ig-max-steps" in w for w in report["Warnings"])
 
 
 def test_without_intervals_nothing_is_claimed_about_chance(tmp_path):
@@ -100,11 +100,11 @@ def _jobs(n):
 
 def test_unconverged_integrated_gradients_are_computed_again_with_more_steps():
     model = _Steep(25.0).eval()
-    once = integrated_gradients_many(model, _jobs(2), 4, 4, torch.device("cpu"), refine=False)
+    once = integrated_gradients_many(model, _jobs(2), 4, 4, torch.device("cpu"))
     assert all(not result.converged for result, _, _ in once)  # 4 steps miss the step
-    refined = integrated_gradients_many(model, _jobs(2), 4, 4, torch.device("cpu"))
+    refined = integrated_gradients_many(model, _jobs(2), 4, 4, torch.device("cpu"), 64)
     for (first, _, _), (result, _, seconds) in zip(once, refined, strict=True):
-        assert result.converged and 4 < result.n_steps <= 4 * REFINE_LIMIT
+        assert result.converged and result.n_steps in (16, 64)
         assert result.record()["StepsUsed"] == result.n_steps and seconds > 0
         total = result.attribution.sum()
         assert np.isclose(total, result.output - result.baseline_output, rtol=0.05)
@@ -112,9 +112,28 @@ def test_unconverged_integrated_gradients_are_computed_again_with_more_steps():
 
 
 def test_refinement_stops_at_its_limit_and_leaves_converged_scans_alone():
-    smooth = integrated_gradients_many(_Steep(1.0).eval(), _jobs(1), 4, 4, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    smooth = integrated_gradients_many(_Steep(1.0).eval(), _jobs(1), 4, 4, cpu, 64)
     assert smooth[0][0].converged and smooth[0][0].n_steps == 4  # nothing to refine
-    cliff = integrated_gradients_many(_Steep(1e4).eval(), _jobs(1), 2, 4, torch.device("cpu"))
+    cliff = integrated_gradients_many(_Steep(1e4).eval(), _jobs(1), 2, 4, cpu, 20)
     result = cliff[0][0]
-    assert result.n_steps == 2 * REFINE_LIMIT and not result.converged
+    assert result.n_steps == 20 and not result.converged  # 2, 8, then the limit
     assert result.record()["Converged"] is False
+
+
+def test_the_most_steps_default_to_sixteen_times_the_steps_and_cannot_be_fewer(tmp_path):
+    from bids_qnet.config import Settings
+    from bids_qnet.config.settings import check_settings
+    from bids_qnet.errors import UsageError
+
+    (tmp_path / "bids").mkdir()
+    settings = Settings.create(tmp_path / "bids", tmp_path / "out", "group", ig_steps=50)
+    assert settings.attribution.max_steps == 800
+    settings = Settings.create(
+        tmp_path / "bids", tmp_path / "out", "group", ig_steps=50, ig_max_steps=50
+    )
+    assert settings.attribution.max_steps == 50  # no second pass
+    check_settings(settings)
+    settings.attribution.ig_max_steps = 10
+    with pytest.raises(UsageError, match="--ig-max-steps 10 is below --ig-steps 50"):
+        check_settings(settings)

@@ -19,7 +19,8 @@ SAVED_KEYS = {
     *("image_size", "label_column", "classes", "positive_class", "bins", "folds", "cv_repeats"),
     *("fold", "stage1", "epochs", "qnet_epochs", "bootstrap_replicates", "attribution"),
     *("preset", "regions", "covariates"),  # added with the ROI baseline and the presets
-    *("attribution_target", "ig_steps", "ig_baseline", "model", "overwrite", "verbose"),
+    *("attribution_target", "ig_steps", "ig_max_steps", "ig_baseline", "model", "overwrite"),
+    "verbose",
     *("run_id", "version", "software"),
     # 0.3: new options (the keys above keep their meaning)
     *("config_file", "inverse_transforms", "stop_on_first_crash", "reports_only"),

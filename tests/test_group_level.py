@@ -28,6 +28,8 @@ QUICK = [
     "random",
     "--random-seed",
     "3",
+    "--ig-max-steps",
+    "50",  # one pass of the default 50 steps: refinement is tested in test_attribution_*
 ]
 
 

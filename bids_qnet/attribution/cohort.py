@@ -241,9 +241,13 @@ def attribute_scans(
         else:
             pending.append((len(done), found))
             done.append(None)
-    steps = settings.attribution.ig_steps
     computed = integrated_gradients_many(
-        networks.scan_model, [p.job for _, p in pending], steps, networks.image_size, device
+        networks.scan_model,
+        [p.job for _, p in pending],
+        settings.attribution.ig_steps,
+        networks.image_size,
+        device,
+        settings.attribution.max_steps,
     )
     for (index, item), (result, batch, share) in zip(pending, computed, strict=True):
         done[index] = _finish_scan(
@@ -459,7 +463,7 @@ def _log_progress(done: int, total: int, maps: ScanMaps, classes) -> None:
         LOGGER.info(text, extra={"progress": progress})
     else:
         LOGGER.warning(
-            "%s: not converged (relative delta above 5 %% at the most steps; raise --ig-steps)",
+            "%s: not converged (relative delta above 5 %% at the most steps; raise --ig-max-steps)",
             text,
             extra={"progress": progress},
         )

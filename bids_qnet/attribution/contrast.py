@@ -178,7 +178,12 @@ def reference_scans(settings, plans, grids, networks, models, device, names, ref
         jobs.append(IGJob(stored, baseline, plan.label))
         pending.append((index, plan, path, config, time.perf_counter() - began))
     computed = integrated_gradients_many(
-        wrapped, jobs, settings.attribution.ig_steps, networks.image_size, device
+        wrapped,
+        jobs,
+        settings.attribution.ig_steps,
+        networks.image_size,
+        device,
+        settings.attribution.max_steps,
     )
     for (index, plan, path, config, seconds), (result, batch, share) in zip(
         pending, computed, strict=True

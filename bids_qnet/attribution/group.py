@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bids_qnet.attribution import regions as reg
-from bids_qnet.attribution.integrated import CONVERGENCE_TOLERANCE, REFINE_LIMIT
+from bids_qnet.attribution.integrated import CONVERGENCE_TOLERANCE
 from bids_qnet.attribution.outputs import label_value, map_path, write_map, write_region_table
 from bids_qnet.outputs.names import GroupFiles
 from bids_qnet.preprocess.crop_grid import space_entities
@@ -141,8 +141,8 @@ def reliability(output_dir: Path, ranked: list, ranked_on: str) -> dict[str, Any
     if unconverged:
         warnings.append(
             f"Integrated Gradients did not converge for {len(unconverged)} of {len(ranked)} "
-            f"scans (relative delta above {CONVERGENCE_TOLERANCE:.0%} even with "
-            f"{REFINE_LIMIT} times --ig-steps): raise --ig-steps"
+            f"scans (relative delta above {CONVERGENCE_TOLERANCE:.0%} at the most steps): "
+            "raise --ig-max-steps"
         )
     return {
         "ConvergenceTolerance": CONVERGENCE_TOLERANCE,

@@ -34,12 +34,11 @@ CONVERGENCE_TOLERANCE = 0.05
 #: Convergence delta below which attributions of a constant output count as complete.
 EXACT_DELTA = 1e-6
 #: A scan whose Integrated Gradients did not converge is computed again with this many times
-#: the steps, until it converges or reaches :data:`REFINE_LIMIT` times ``--ig-steps``. Paths
-#: from a class reference through the quantitative network need 200-800 Gauss-Legendre steps
-#: for some scans (measured: relative delta 0.85 / 0.30 / 0.04 at 32 / 128 / 512 steps) and
-#: 32 for most, so the steps are spent only where they are needed.
+#: the steps, until it converges or reaches ``--ig-max-steps`` (16 x ``--ig-steps`` by
+#: default). Paths from a class reference through the quantitative network need 200-800
+#: Gauss-Legendre steps for some scans (measured: relative delta 0.85 / 0.30 / 0.04 at
+#: 32 / 128 / 512 steps) and 32 for most, so the steps are spent only where they are needed.
 REFINE_FACTOR = 4
-REFINE_LIMIT = 16
 
 
 @dataclass(frozen=True)
@@ -296,7 +295,7 @@ def integrated_gradients_many(
     n_steps: int,
     image_size: int,
     device: torch.device,
-    refine: bool = True,
+    max_steps: int | None = None,
 ) -> list[tuple[IGResult, int, float]]:
     """Integrated Gradients of several scans through one network, scans of one shape together.
 
@@ -305,8 +304,8 @@ def integrated_gradients_many(
     (a pass holds whole steps: one sequence of each scan of the call a step), instead of one
     call per scan. Each scan's result equals its own call's up to float rounding (the model, in eval
     mode, treats the sequences of a batch apart). A scan whose result has not converged is
-    computed again with :data:`REFINE_FACTOR` times the steps, up to :data:`REFINE_LIMIT` times
-    ``n_steps`` (its result then records the steps it took).
+    computed again with :data:`REFINE_FACTOR` times the steps, up to ``max_steps`` (its result
+    then records the steps it took).
 
     Parameters
     ----------
@@ -320,8 +319,8 @@ def integrated_gradients_many(
         Side of the network's input images (sets the pass size).
     device : torch.device
         Where the model runs.
-    refine : bool, optional
-        Recompute unconverged scans with more steps (default); False: one pass of ``n_steps``.
+    max_steps : int, optional
+        Most steps of a scan that has not converged; default ``n_steps`` (one pass).
 
     Returns
     -------
@@ -330,7 +329,7 @@ def integrated_gradients_many(
         share of the seconds its calls took.
     """
     out = _attribute_jobs(model, jobs, list(range(len(jobs))), n_steps, image_size, device)
-    steps, limit = int(n_steps), int(n_steps) * REFINE_LIMIT if refine else int(n_steps)
+    steps, limit = int(n_steps), max(int(n_steps), int(max_steps or n_steps))
     pending = [i for i, (result, _, _) in enumerate(out) if not result.converged]
     while pending and steps < limit:
         steps = min(steps * REFINE_FACTOR, limit)

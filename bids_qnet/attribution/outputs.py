@@ -129,16 +129,13 @@ def column_descriptions(table: pd.DataFrame) -> dict[str, dict[str, str]]:
 def model_config(settings, plan, networks, models: dict[str, str]) -> dict[str, Any]:
     """Return what every attribution map of ``plan``'s scan depends on besides its method.
 
-    The IG steps (first pass and most, :data:`~bids_qnet.attribution.integrated.REFINE_LIMIT`),
-    the stage-1 mode, the image size, the fold and repeat whose model explains the scan, and
-    that model's checkpoint digests; the sidecar records them and :func:`reusable` compares
-    them.
+    The IG steps (first pass and most), the stage-1 mode, the image size, the fold and repeat
+    whose model explains the scan, and that model's checkpoint digests; the sidecar records
+    them and :func:`reusable` compares them.
     """
-    from bids_qnet.attribution.integrated import REFINE_LIMIT
-
     return {
         "Steps": int(settings.attribution.ig_steps),
-        "MaxSteps": int(settings.attribution.ig_steps) * REFINE_LIMIT,
+        "MaxSteps": settings.attribution.max_steps,
         "Stage1": settings.training.stage1,
         "ImageSize": int(networks.image_size),
         "Fold": plan.fold,

@@ -381,7 +381,16 @@ class AttributionSettings:
         type=int,
         metavar="N",
         help="Integrated Gradients steps; a scan whose attributions do not add up to its output "
-        "change (within 5 percent) is computed again with 4x the steps, up to 16 N",
+        "change (within 5 percent) is computed again with 4x the steps, up to --ig-max-steps",
+        minimum=1,
+    )
+    ig_max_steps: int | None = option(
+        None,
+        "--ig-max-steps",
+        type=int,
+        metavar="N",
+        help="most Integrated Gradients steps of a scan that has not converged (default: 16 x "
+        "--ig-steps; the --ig-steps value: no second pass)",
         minimum=1,
     )
     ig_baseline: str = option(
@@ -395,6 +404,13 @@ class AttributionSettings:
     def enabled(self) -> bool:
         """Whether the group level explains its models (``--attribution`` is not ``none``)."""
         return self.attribution != "none"
+
+    @property
+    def max_steps(self) -> int:
+        """``--ig-max-steps``, or 16 x ``--ig-steps`` when it is not given."""
+        if self.ig_max_steps is None:
+            return 16 * int(self.ig_steps)
+        return int(self.ig_max_steps)
 
 
 @dataclass

@@ -178,7 +178,7 @@ def check_settings(settings: Settings) -> None:
         An output or work folder inside ``bids_dir`` or a ``-d`` derivative dataset, an
         ``output_dir`` holding files bids_qnet did not write, a channel listed twice, a
         reference channel that is not a channel, a value below its declared bound or a number
-        that is not finite.
+        that is not finite, ``--ig-max-steps`` below ``--ig-steps``.
     """
     protected = [("bids_dir", settings.bids_dir)] + [
         (f"-d {name}", path) for name, path in settings.inputs.derivatives.items()
@@ -209,6 +209,12 @@ def check_settings(settings: Settings) -> None:
         )
     for section, _, name, spec in declarations():
         _check_bound(spec, getattr(getattr(settings, section), name))
+    attribution = settings.attribution
+    if attribution.ig_max_steps is not None and attribution.ig_max_steps < attribution.ig_steps:
+        raise UsageError(
+            f"--ig-max-steps {attribution.ig_max_steps} is below --ig-steps "
+            f"{attribution.ig_steps}: give at least as many (equal: no second pass)"
+        )
 
 
 def _check_bound(spec: Option, value: Any) -> None:

@@ -103,6 +103,8 @@ def methods_paragraph(settings: dict, labels: dict | None) -> str:
     attribution = (
         "Integrated Gradients (Sundararajan et al. 2017, captum) were computed through the "
         f"whole Q-Net back to the input slices ({get('ig_steps')} steps, "
+        f"{_max_steps(get)} for a path whose attributions did not add up to the output change "
+        "within 5 %, "
         f"{get('ig_baseline')} baseline, target: the {get('attribution_target')} class) with "
         "the fold model that had not seen the participant, alongside Grad-CAM (Selvaraju et al. "
         "2017) on the stage-1 network; maps were put back on the template grid and summarised "
@@ -172,3 +174,12 @@ def statistics_note(settings: dict, labels: dict | None) -> list[str]:
         "0.001 (***) and 0.0001 (****); ns: no detectable difference, which is not proof that "
         "the models are equal.",
     ]
+
+
+def _max_steps(get) -> str:
+    """``up to N`` of the methods text: ``--ig-max-steps``, or 16 x ``--ig-steps``."""
+    most = get("ig_max_steps")
+    steps = get("ig_steps")
+    if most is None:
+        most = 16 * int(steps) if isinstance(steps, int) else None
+    return f"up to {most}" if most is not None else "more"
