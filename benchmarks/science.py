@@ -14,13 +14,16 @@ Usage::
         --cohorts offset-0.006 offset-0.012 gradient-0.03 --configs quantitative paper-quick
 
 Participant-level outputs made elsewhere can be reused with ``--reuse NAME=BIDS_DIR:DERIVATIVES``
-(for instance a cohort made with ``bids_qnet-demo``). Results go to
+(for instance a cohort made with ``bids_qnet-demo``). ``--seeds 42 1 2`` runs the group level
+with each ``--random-seed`` (other splits and initialisations of the same cohort);
+``--no-attribution`` skips the maps when only the AUCs are wanted. Results go to
 ``benchmarks/results/science.json`` and are printed as a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -56,6 +59,8 @@ CONFIGS = {
 }
 
 COMMON = ["--folds", "5", "--bootstrap-replicates", "1000", "--ig-steps", "32"]
+#: The group level's default --random-seed (rows without a "seed" were run with it).
+DEFAULT_SEED = 42
 MODELS = ("ROI", "ResNet", "ResNetSWA", "QNet")
 
 
@@ -138,11 +143,13 @@ def read_row(out: Path, planted: list[str]) -> dict:
     return row
 
 
-def group(bids: Path, derivatives: Path, out: Path, config: str, log: Path) -> dict:
+def group(
+    bids: Path, derivatives: Path, out: Path, config: str, log: Path, extra: tuple = ()
+) -> dict:
     """Run the group level with one configuration on a view of the participant outputs."""
     linked_view(derivatives, out)
     command = [sys.executable, "-m", "bids_qnet.cli.run", str(bids), str(out), "group"]
-    command += [*COMMON, *CONFIGS[config], "--embedding-weights", "random"]
+    command += [*COMMON, *CONFIGS[config], "--embedding-weights", "random", *extra]
     command += ["-w", str(out.parent / f"{out.name}.work")]
     seconds = run(command, log)
     return {"seconds": round(seconds, 1)}
@@ -157,6 +164,16 @@ def main() -> None:  # noqa: D103
     parser.add_argument("--reuse", nargs="*", default=[], metavar="NAME=BIDS:DERIVATIVES")
     parser.add_argument("--planted", nargs="*", default=[], metavar="NAME=REGION,REGION")
     parser.add_argument("--no-permuted", action="store_true", help="skip the permuted rows")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[DEFAULT_SEED],
+        help="group-level --random-seed values (splits and initialisation), one run each",
+    )
+    parser.add_argument(
+        "--no-attribution", action="store_true", help="--attribution none (AUCs only, faster)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "science.json")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
@@ -177,29 +194,34 @@ def main() -> None:  # noqa: D103
             variants = [("", bids)]
             if not args.no_permuted:
                 variants.append(("permuted", permuted_bids(bids, args.root / f"{name}.permuted")))
-            for variant, labels_from in variants:
+            for (variant, labels_from), seed in itertools.product(variants, args.seeds):
                 tag = f"{name}.{config}" + (f".{variant}" if variant else "")
+                tag += f".seed{seed}" if seed != DEFAULT_SEED else ""
                 out = args.root / "runs" / tag
                 log = args.root / "runs" / f"{tag}.log"
                 out.parent.mkdir(parents=True, exist_ok=True)
-                row = {"cohort": name, "config": config, "labels": variant or "true"}
-                row.update(group(labels_from, derivatives, out, config, log))
+                row = {"cohort": name, "config": config, "labels": variant or "true", "seed": seed}
+                extra = ["--random-seed", str(seed)]
+                extra += ["--attribution", "none"] if args.no_attribution else []
+                row.update(group(labels_from, derivatives, out, config, log, tuple(extra)))
                 row.update(read_row(out, [] if variant else planted))
                 print(json.dumps(row), flush=True)
-                results["rows"] = [
-                    r
-                    for r in results["rows"]
-                    if (r["cohort"], r["config"], r["labels"]) != (name, config, row["labels"])
-                ] + [row]
+                results["rows"] = [r for r in results["rows"] if _key(r) != _key(row)] + [row]
                 args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results["rows"]))
+
+
+def _key(row: dict) -> tuple:
+    """What makes a result row: cohort, configuration, labels, group-level seed."""
+    return row["cohort"], row["config"], row["labels"], row.get("seed", DEFAULT_SEED)
 
 
 def markdown(rows: list[dict]) -> str:
     """Return the rows as the Markdown table of docs/science.md."""
     lines = [
-        "| cohort | config | labels | ROI | ResNet | ResNetSWA | Q-Net | planted ranks | mass |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| cohort | config | labels | seed | ROI | ResNet | ResNetSWA | Q-Net | planted ranks "
+        "| mass |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = []
@@ -208,7 +230,8 @@ def markdown(rows: list[dict]) -> str:
             cells.append(f"{m['auc']:.2f} [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]" if m else "-")
         ranks = ", ".join(str(x) for x in r.get("planted_ranks", [])) or "-"
         lines.append(
-            f"| {r['cohort']} | {r['config']} | {r['labels']} | {' | '.join(cells)} | {ranks} "
+            f"| {r['cohort']} | {r['config']} | {r['labels']} | {r.get('seed', DEFAULT_SEED)} "
+            f"| {' | '.join(cells)} | {ranks} "
             f"| {r.get('relevance_mass', '-')} |"
         )
     return "\n".join(lines)
