@@ -39,7 +39,9 @@ container:
 # Group level of the demo: the default (quantitative) preset runs in a few minutes on a CPU;
 # 4 folds for 8 participants. The paper's pipeline, quick on a CPU:
 # make demo GROUP_QUICK="--preset paper --folds 4 --epochs 3 --qnet-epochs 20 --image-size 96"
-GROUP_QUICK ?= --folds 4
+# One Integrated Gradients pass of 50 steps (--ig-max-steps 50): at 224 px on a CPU the second
+# and third passes of an unconverged map take minutes per participant (measured: 1-4 min).
+GROUP_QUICK ?= --folds 4 --ig-max-steps 50
 
 # The main job on the built-in synthetic demo dataset: participant level, then group level.
 demo: venv
