@@ -16,6 +16,8 @@ from bids_qnet.models.presets import DEFAULT_PRESET, PRESETS
 from bids_qnet.outputs.names import WORK_DIR
 
 DEFAULT_CHANNELS = ("Chimap", "R2starmap", "T1w")
+#: ``--ig-max-steps`` when it is not given: this many times ``--ig-steps``.
+IG_MAX_STEPS_FACTOR = 16
 DEFAULT_CROP_REGIONS = (
     "Left_Caudate",
     "Right_Caudate",
@@ -389,8 +391,8 @@ class AttributionSettings:
         "--ig-max-steps",
         type=int,
         metavar="N",
-        help="most Integrated Gradients steps of a scan that has not converged (default: 16 x "
-        "--ig-steps; the --ig-steps value: no second pass)",
+        help="most Integrated Gradients steps of a scan that has not converged (default: "
+        f"{IG_MAX_STEPS_FACTOR} x --ig-steps; the --ig-steps value: no second pass)",
         minimum=1,
     )
     ig_baseline: str = option(
@@ -407,10 +409,8 @@ class AttributionSettings:
 
     @property
     def max_steps(self) -> int:
-        """``--ig-max-steps``, or 16 x ``--ig-steps`` when it is not given."""
-        if self.ig_max_steps is None:
-            return 16 * int(self.ig_steps)
-        return int(self.ig_max_steps)
+        """``--ig-max-steps``, or :data:`IG_MAX_STEPS_FACTOR` x ``--ig-steps`` when not given."""
+        return max_ig_steps(self.ig_steps, self.ig_max_steps)
 
 
 @dataclass
@@ -530,3 +530,16 @@ SECTIONS: dict[str, type] = {
     "attribution": AttributionSettings,
     "execution": ExecutionSettings,
 }
+
+
+def max_ig_steps(ig_steps: int, ig_max_steps: int | None) -> int:
+    """Return the most Integrated Gradients steps of a path: ``ig_max_steps`` or the default.
+
+    Parameters
+    ----------
+    ig_steps, ig_max_steps
+        ``--ig-steps`` and ``--ig-max-steps`` (None: :data:`IG_MAX_STEPS_FACTOR` x ``ig_steps``).
+    """
+    if ig_max_steps is None:
+        return IG_MAX_STEPS_FACTOR * int(ig_steps)
+    return int(ig_max_steps)

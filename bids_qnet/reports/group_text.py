@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bids_qnet.config.sections import max_ig_steps
 from bids_qnet.outputs import names
 
 CITATIONS = (
@@ -177,9 +178,8 @@ def statistics_note(settings: dict, labels: dict | None) -> list[str]:
 
 
 def _max_steps(get) -> str:
-    """``up to N`` of the methods text: ``--ig-max-steps``, or 16 x ``--ig-steps``."""
-    most = get("ig_max_steps")
+    """``up to N`` of the methods text (``--ig-max-steps`` or its default)."""
     steps = get("ig_steps")
-    if most is None:
-        most = 16 * int(steps) if isinstance(steps, int) else None
-    return f"up to {most}" if most is not None else "more"
+    if not isinstance(steps, int):
+        return "more"
+    return f"up to {max_ig_steps(steps, get('ig_max_steps'))}"
